@@ -1,0 +1,27 @@
+"""crowtwist: Crow's route and WebSocket API on Twisted, with autobahn underneath.
+
+    from crowtwist import Crow
+
+    app = Crow()
+    app.route("/")(lambda req: "hello")
+    (app.route("/ws").websocket()
+        .onmessage(lambda conn, data, is_binary: conn.send_text(data)))
+    app.run()
+"""
+
+from ._version import __version__
+from .app import Crow, Route, Settings
+from .http import Response
+from .websocket import Connection, ConnectionsView, WebSocketRule, accelerated
+
+__all__ = [
+    "Connection",
+    "ConnectionsView",
+    "Crow",
+    "Response",
+    "Route",
+    "Settings",
+    "WebSocketRule",
+    "__version__",
+    "accelerated",
+]

@@ -1,0 +1,99 @@
+"""Calling user handlers: reading their arity once, and sync / Deferred / async results.
+
+Crow's handler signatures grew between releases (``onerror(conn)`` became
+``onerror(conn, message)``, ``onclose(conn, reason)`` gained the code).  A
+handler is wrapped once, when it is registered: the wrapper knows how many of
+the available arguments to pass, so no call pays for introspection.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+
+from twisted.internet.defer import Deferred
+
+__all__ = ["Handler", "as_deferred", "positional_arity"]
+
+T = TypeVar("T")
+
+
+def positional_arity(func: Callable[..., Any]) -> int | None:
+    """How many positional arguments ``func`` takes; ``None`` means any number."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return None
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+class Handler:
+    """A user callable, fitted to an event that offers ``available`` arguments.
+
+    ``required`` is the fewest arguments a handler for this event may take:
+    a handler that takes fewer, or more than are offered, is rejected when it
+    is registered, with a message that names the event.
+    """
+
+    __slots__ = ("func", "event", "_take")
+
+    def __init__(self, func: Callable[..., Any], event: str, required: int, available: int) -> None:
+        if not callable(func):
+            raise TypeError(f"{event} handler must be callable, not {type(func).__name__}")
+        arity = positional_arity(func)
+        if arity is not None and not required <= arity <= available:
+            expected = str(required) if required == available else f"{required} to {available}"
+            raise TypeError(
+                f"{event} handler {getattr(func, '__qualname__', func)!r} takes {arity} positional"
+                f" argument(s); {event} passes {expected}"
+            )
+        self.func = func
+        self.event = event
+        self._take = available if arity is None else arity
+
+    @classmethod
+    def fitted(cls, func: Callable[..., Any], event: str, take: int) -> Handler:
+        """A handler of ours whose arity is known, skipping the inspection."""
+        handler = cls.__new__(cls)
+        handler.func = func
+        handler.event = event
+        handler._take = take
+        return handler
+
+    @property
+    def takes(self) -> int:
+        """How many arguments each call passes."""
+        return self._take
+
+    def __call__(self, *args: Any) -> Any:
+        """Call the handler with as many of ``args`` as it takes."""
+        if len(args) > self._take:
+            args = args[: self._take]
+        return self.func(*args)
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def as_deferred(result: object) -> Deferred[Any] | None:
+    """A Deferred for a result still to come, or ``None`` if ``result`` is final.
+
+    Plain values stay plain so that a synchronous handler costs no Deferred.
+    """
+    if isinstance(result, Deferred):
+        return result
+    if inspect.iscoroutine(result):
+        coroutine: Coroutine[Any, Any, Any] = result
+        return Deferred.fromCoroutine(coroutine)
+    if inspect.isawaitable(result):
+        return Deferred.fromCoroutine(_await(result))
+    return None
+
+

@@ -1,0 +1,255 @@
+"""``Crow``: the app.  Its settings, its rules, and the ways to serve them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from .http import HttpRule
+from .resource import Endpoint, RouteResource
+from .routing import ParamType, RouteNode, parse_pattern
+from .websocket.rule import WebSocketRule, _check_payload
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IStreamServerEndpoint
+
+__all__ = ["Crow", "Route", "Settings"]
+
+log = Logger(namespace="crowtwist")
+
+DEFAULT_PORT = 18080
+"""Crow's default port."""
+
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    """An app's WebSocket settings; rules read them when their factory is built."""
+
+    enforce_ws_spec: bool = False
+    """Require masked client frames (Crow's ``CROW_ENFORCE_WS_SPEC``)."""
+    websocket_max_payload: int | None = DEFAULT_MAX_PAYLOAD
+    """Bound on a whole incoming message after decompression; ``None`` lifts it."""
+    compression: bool = True
+    """Accept permessage-deflate when the client offers it."""
+    allow_null_origin: bool = True
+    """Accept ``Origin: null`` (sandboxed pages, files)."""
+    close_timeout: float = 5.0
+    """Seconds to wait for the peer's close frame before dropping the connection."""
+    keepalive_interval: float | None = None
+    """Seconds between server pings; ``None``: no pings."""
+    keepalive_timeout: float | None = None
+    """Seconds to wait for a pong before dropping the connection."""
+
+
+class Route:
+    """What ``app.route(pattern)`` returns: call it with a handler, or ask for ``.websocket()``."""
+
+    def __init__(self, app: Crow, pattern: str) -> None:
+        self._app = app
+        self.pattern = pattern
+        self._segments = parse_pattern(pattern)
+        self._methods: frozenset[str] = frozenset({"GET"})
+
+    def methods(self, *methods: str) -> Route:
+        """The HTTP methods this route answers (default ``GET``; ``HEAD`` follows ``GET``)."""
+        if not methods:
+            raise ValueError(f"route {self.pattern!r}: methods() needs at least one method")
+        self._methods = frozenset(m.upper() for m in methods)
+        return self
+
+    def __call__(self, func: F) -> F:
+        """Register ``func`` as this route's HTTP handler; returns it, so this is a decorator."""
+        param_count = sum(isinstance(s, ParamType) for s in self._segments)
+        rule = HttpRule(self.pattern, param_count, self._methods, func)
+        endpoint = self._app._endpoint(self._segments)
+        taken = sorted(self._methods & set(endpoint.http))
+        if taken:
+            raise ValueError(
+                f"route {self.pattern!r}: an HTTP rule for {', '.join(taken)} on this path already exists"
+            )
+        for method in self._methods:
+            endpoint.http[method] = rule
+        return func
+
+    def websocket(self) -> WebSocketRule:
+        """Make this a WebSocket route (Crow's ``.websocket(&app)``) and return its rule."""
+        endpoint = self._app._endpoint(self._segments)
+        if endpoint.websocket is not None:
+            raise ValueError(f"route {self.pattern!r}: a WebSocket rule on this path already exists")
+        rule = WebSocketRule(self._app, self.pattern)
+        endpoint.websocket = rule
+        self._app._ws_rules.append(rule)
+        return rule
+
+
+class Crow:
+    """A Crow app: routes declared with ``route``, served with ``run``, ``resource`` or ``service``.
+
+    ``enforce_ws_spec=True`` (or ``CROWTWIST_ENFORCE_WS_SPEC=1`` in the
+    environment) requires masked client frames, as Crow's
+    ``CROW_ENFORCE_WS_SPEC`` does.
+    """
+
+    def __init__(self, enforce_ws_spec: bool | None = None) -> None:
+        if enforce_ws_spec is None:
+            enforce_ws_spec = _env_flag("CROWTWIST_ENFORCE_WS_SPEC")
+        self.settings = Settings(enforce_ws_spec=bool(enforce_ws_spec))
+        self._root: RouteNode[Endpoint] = RouteNode()
+        self._ws_rules: list[WebSocketRule] = []
+        self._port = DEFAULT_PORT
+        self._host = "0.0.0.0"
+        self._warned = False
+
+    def route(self, pattern: str) -> Route:
+        """Crow's ``CROW_ROUTE(app, pattern)``; a malformed pattern raises ``ValueError`` here."""
+        return Route(self, pattern)
+
+    def _endpoint(self, segments: tuple[str | ParamType, ...]) -> Endpoint:
+        node = self._root
+        for segment in segments:
+            node = node.child(segment, RouteNode)
+        if node.endpoint is None:
+            node.endpoint = Endpoint()
+        return node.endpoint
+
+    @property
+    def websocket_rules(self) -> tuple[WebSocketRule, ...]:
+        """Every WebSocket rule, in declaration order."""
+        return tuple(self._ws_rules)
+
+    # Crow's chained settings.
+
+    def websocket_max_payload(self, size: int | None) -> Crow:
+        """App-wide bound on an incoming message after decompression (default 16 MiB)."""
+        self.settings.websocket_max_payload = _check_payload(size)
+        self._reset_factories()
+        return self
+
+    def websocket_compression(self, enabled: bool) -> Crow:
+        """Accept permessage-deflate or not, app-wide (default: accept)."""
+        self.settings.compression = bool(enabled)
+        self._reset_factories()
+        return self
+
+    def port(self, port: int) -> Crow:
+        """The port ``run`` listens on (Crow's ``app.port(18080)``)."""
+        self._port = int(port)
+        return self
+
+    def bindaddr(self, host: str) -> Crow:
+        """The address ``run`` listens on (Crow's ``app.bindaddr``)."""
+        self._host = host
+        return self
+
+    def _reset_factories(self) -> None:
+        for rule in self._ws_rules:
+            rule._factory = None
+
+    # Serving.
+
+    def resource(self) -> RouteResource:
+        """A twisted.web resource serving every route; a ``Site`` root or mounted with ``putChild``."""
+        self._startup_warnings()
+        return RouteResource(self._root)
+
+    def _startup_warnings(self) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        if not self.settings.enforce_ws_spec and self._ws_rules:
+            log.warn(
+                "accepting unmasked WebSocket client frames, as Crow does by default;"
+                " set enforce_ws_spec=True or CROWTWIST_ENFORCE_WS_SPEC=1 to enforce RFC 6455"
+            )
+
+    def connections(self) -> Iterator[Any]:
+        """Every open WebSocket connection of every rule."""
+        for rule in self._ws_rules:
+            yield from rule.connections
+
+    def close_all(self, code: int = 1001, reason: str = "going away") -> Deferred[None]:
+        """Close every open WebSocket and fire once each one's ``onclose`` has run.
+
+        A peer that does not answer is dropped after ``settings.close_timeout``
+        (autobahn's close handshake timeout), so this ends.
+        """
+        waits: list[Deferred[Any]] = []
+        for conn in list(self.connections()):
+            protocol = conn._protocol
+            if protocol is None:
+                continue
+            waits.append(protocol.closed)
+            conn.close(reason, code)
+        if not waits:
+            return succeed(None)
+        done: Deferred[None] = DeferredList(waits).addCallback(lambda _: None)
+        return done
+
+    def service(self, *endpoints: IStreamServerEndpoint | str) -> MultiService:
+        """An ``IService`` listening on ``endpoints`` (Twisted endpoint strings or objects).
+
+        Stopping it stops listening, closes every WebSocket with 1001 and
+        waits for their close handshakes before it reports stopped.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+        from twisted.web.server import Site
+
+        if not endpoints:
+            endpoints = (f"tcp:{self._port}:interface={self._host}",)
+        site = Site(self.resource())
+        site.displayTracebacks = False
+        top = MultiService()
+        _Closer(self).setServiceParent(top)
+        for endpoint in endpoints:
+            if isinstance(endpoint, str):
+                endpoint = serverFromString(reactor, endpoint)
+            StreamServerEndpointService(endpoint, site).setServiceParent(top)
+        return top
+
+    def run(self, port: int | None = None, host: str | None = None) -> None:
+        """Serve until interrupted, like Crow's ``app.port(18080).run()``.
+
+        Ctrl-C (or SIGTERM) closes open WebSockets with 1001 before the process exits.
+        """
+        from twisted.internet import reactor
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        if port is not None:
+            self._port = port
+        if host is not None:
+            self._host = host
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+        service = self.service()
+        service.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+        log.info("crowtwist serving on {host}:{port}", host=self._host, port=self._port)
+        reactor.run()  # type: ignore[attr-defined]
+
+
+class _Closer(Service):
+    """Closes every WebSocket with 1001 when the service stops, and waits for them."""
+
+    def __init__(self, app: Crow) -> None:
+        self._app = app
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._app.close_all()
+
+

@@ -1,0 +1,211 @@
+"""Crow's URL patterns: parsing ``/chat/<int>``, converting typed segments, matching.
+
+Pure functions and plain data; nothing here knows about Twisted, so the rules
+are tested with plain calls.  A pattern is split on ``/`` the way twisted.web
+splits a request path, so one pattern segment lines up with one ``Resource``
+level: ``"/"`` is the single empty segment, ``"/a/"`` is ``["a", ""]``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Iterator, Sequence, TypeVar, Union
+
+__all__ = [
+    "ParamType",
+    "ParamValue",
+    "PARAM_TYPES",
+    "RouteNode",
+    "Segment",
+    "parse_pattern",
+]
+
+ParamValue = Union[int, float, str]
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_UINT64_MAX = 2**64 - 1
+
+# strtoll/strtoull accept an optional sign and decimal digits; Crow only hands
+# them segments whose first character is a digit or a sign (its trie checks).
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_UINT_RE = re.compile(r"\+?[0-9]+\Z")
+# strtod's decimal and special forms.  Python's float() would also take
+# underscores and surrounding blanks, which strtod does not.
+_DOUBLE_RE = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)\Z",
+    re.IGNORECASE,
+)
+_NONZERO_DIGIT_BEFORE_EXPONENT = re.compile(r"^[^eE]*[1-9]")
+
+
+def _to_int(text: str) -> int | None:
+    if not _INT_RE.match(text):
+        return None
+    value = int(text)
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
+
+
+def _to_uint(text: str) -> int | None:
+    if not _UINT_RE.match(text):
+        return None
+    value = int(text)
+    return value if value <= _UINT64_MAX else None
+
+
+def _to_double(text: str) -> float | None:
+    if not text or text[0] not in "0123456789+-." or not _DOUBLE_RE.match(text):
+        return None
+    value = float(text)
+    lowered = text.lower()
+    literal_special = "inf" in lowered or "nan" in lowered
+    # strtod reports ERANGE on overflow and underflow; Crow then has no match.
+    if math.isinf(value) and not literal_special:
+        return None
+    if value == 0.0 and _NONZERO_DIGIT_BEFORE_EXPONENT.match(text):
+        return None
+    return value
+
+
+def _to_string(text: str) -> str | None:
+    return text if text else None
+
+
+@dataclass(frozen=True)
+class ParamType:
+    """One of Crow's typed segments: its canonical name and its converter."""
+
+    name: str
+    convert: Callable[[str], ParamValue | None]
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+INT = ParamType("int", _to_int)
+UINT = ParamType("uint", _to_uint)
+DOUBLE = ParamType("double", _to_double)
+STRING = ParamType("string", _to_string)
+PATH = ParamType("path", _to_string)
+
+PARAM_TYPES: dict[str, ParamType] = {
+    "int": INT,
+    "uint": UINT,
+    "double": DOUBLE,
+    "float": DOUBLE,
+    "string": STRING,
+    "str": STRING,
+    "path": PATH,
+}
+
+Segment = Union[str, ParamType]
+"""A static segment is its text; a typed one is its ``ParamType``."""
+
+
+def parse_pattern(pattern: str) -> tuple[Segment, ...]:
+    """Split a Crow route pattern into segments, or raise ``ValueError`` naming it."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"route pattern must be a str, not {type(pattern).__name__}")
+    if not pattern.startswith("/"):
+        raise ValueError(f"route pattern {pattern!r} must start with '/'")
+    segments: list[Segment] = []
+    parts = pattern[1:].split("/")
+    for index, part in enumerate(parts):
+        if part.startswith("<") and part.endswith(">"):
+            kind = PARAM_TYPES.get(part[1:-1].strip())
+            if kind is None:
+                known = ", ".join(f"<{name}>" for name in PARAM_TYPES)
+                raise ValueError(
+                    f"route pattern {pattern!r}: unknown parameter type {part} (known: {known})"
+                )
+            if kind is PATH and index != len(parts) - 1:
+                raise ValueError(f"route pattern {pattern!r}: <path> must be the last segment")
+            segments.append(kind)
+        elif "<" in part or ">" in part:
+            raise ValueError(
+                f"route pattern {pattern!r}: segment {part!r} mixes text and a parameter;"
+                " a parameter must be a whole segment"
+            )
+        else:
+            segments.append(part)
+    return tuple(segments)
+
+
+def pattern_key(segments: Sequence[Segment]) -> tuple[str, ...]:
+    """A key equal for patterns that match the same paths (``<str>`` is ``<string>``)."""
+    return tuple(repr(s) if isinstance(s, ParamType) else "/" + s for s in segments)
+
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class RouteNode(Generic[T]):
+    """One level of the route tree: static children, typed children, and what ends here.
+
+    ``endpoint`` is whatever the caller stores for a route that ends at this
+    node (crowtwist stores the HTTP and WebSocket rules).
+    """
+
+    static: dict[str, "RouteNode[T]"] = field(default_factory=dict)
+    typed: list[tuple[ParamType, "RouteNode[T]"]] = field(default_factory=list)
+    endpoint: T | None = None
+
+    def child(self, segment: Segment, make: Callable[[], "RouteNode[T]"]) -> "RouteNode[T]":
+        """The child for ``segment``, created with ``make`` if missing."""
+        if isinstance(segment, str):
+            node = self.static.get(segment)
+            if node is None:
+                node = self.static[segment] = make()
+            return node
+        for kind, node in self.typed:
+            if kind is segment:
+                return node
+        node = make()
+        self.typed.append((segment, node))
+        return node
+
+    def step(
+        self, segment: str, rest: Sequence[str]
+    ) -> Iterator[tuple["RouteNode[T]", ParamValue | None, int]]:
+        """Children that take ``segment`` and from which ``rest`` can still match.
+
+        Yields ``(child, value, width)`` in precedence order: the static child
+        first, then typed children in declaration order (Crow's rule).  ``value``
+        is ``None`` for a static segment; ``width`` is how many segments the
+        child consumes: one, or all that are left for ``<path>``.
+        """
+        node = self.static.get(segment)
+        if node is not None and node.matches(rest):
+            yield node, None, 1
+        for kind, node in self.typed:
+            if kind is PATH:
+                if node.endpoint is not None and segment:
+                    yield node, "/".join((segment, *rest)), 1 + len(rest)
+                continue
+            value = kind.convert(segment)
+            if value is not None and node.matches(rest):
+                yield node, value, 1
+
+    def matches(self, segments: Sequence[str]) -> bool:
+        """Whether some route below this node takes exactly ``segments``."""
+        if not segments:
+            return self.endpoint is not None
+        return next(self.step(segments[0], segments[1:]), None) is not None
+
+    def match(self, segments: Sequence[str]) -> tuple["RouteNode[T]", list[ParamValue]] | None:
+        """The node that ``segments`` lead to and the converted parameters, or ``None``."""
+        node: RouteNode[T] = self
+        params: list[ParamValue] = []
+        index = 0
+        while index < len(segments):
+            found = next(node.step(segments[index], segments[index + 1 :]), None)
+            if found is None:
+                return None
+            node, value, width = found
+            if value is not None:
+                params.append(value)
+            index += width
+        return (node, params) if node.endpoint is not None else None

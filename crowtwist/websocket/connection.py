@@ -1,0 +1,175 @@
+"""``Connection``: what every WebSocket handler is given (Crow's ``crow::websocket::connection``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python import threadable
+
+from ..routing import ParamValue
+
+if TYPE_CHECKING:
+    from .protocol import CrowServerProtocol
+    from .rule import WebSocketRule
+
+__all__ = ["Connection"]
+
+# RFC 6455 7.4.1 codes an endpoint may put in a close frame, plus the registered range.
+_SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011})
+
+
+def _call_in_reactor(func: Callable[..., object], *args: Any) -> None:
+    from twisted.internet import reactor
+
+    reactor.callFromThread(func, *args)  # type: ignore[attr-defined]
+
+
+class Connection:
+    """One open WebSocket, as the rule's handlers see it.
+
+    Sends may be called from any thread: off the reactor thread they are
+    handed to it with ``callFromThread``.  A send on a connection that is
+    closing or closed is dropped without an error, as in Crow.
+
+    Outgoing flow control: the transport buffers what the peer has not read
+    yet.  ``writable`` turns false while that buffer is over its high-water
+    mark, and ``drained()`` returns a Deferred that fires once it is not
+    (at once if it is not now, and also when the connection closes).  A
+    producer of many messages waits on it between sends::
+
+        async def stream(conn):
+            for chunk in chunks:
+                await conn.drained()
+                if not conn.is_open:
+                    break
+                conn.send_binary(chunk)
+    """
+
+    __slots__ = (
+        "_protocol",
+        "rule",
+        "params",
+        "userdata",
+        "_remote_ip",
+        "_subprotocol",
+        "_writable",
+        "_drain_waiters",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        protocol: CrowServerProtocol,
+        rule: WebSocketRule,
+        params: Sequence[ParamValue],
+        userdata: object,
+        remote_ip: str,
+        subprotocol: str | None,
+    ) -> None:
+        self._protocol: CrowServerProtocol | None = protocol
+        self.rule = rule
+        self.params: tuple[ParamValue, ...] = tuple(params)
+        """The route's typed segments, converted, in pattern order."""
+        self.userdata: Any = userdata
+        """Whatever ``onaccept`` stored in ``request.userdata`` (``None`` by default)."""
+        self._remote_ip = remote_ip
+        self._subprotocol = subprotocol
+        self._writable = True
+        self._drain_waiters: list[Deferred[None]] = []
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"<Connection {self._remote_ip} {self.rule.pattern!r} {state}>"
+
+    @property
+    def is_open(self) -> bool:
+        """Whether messages can still be sent (the close handshake has not begun)."""
+        protocol = self._protocol
+        return protocol is not None and protocol.is_sendable()
+
+    def get_remote_ip(self) -> str:
+        """The peer's IP address (also inside ``onclose``)."""
+        return self._remote_ip
+
+    def get_subprotocol(self) -> str:
+        """The negotiated subprotocol, or ``""`` when none was (as in Crow)."""
+        return self._subprotocol or ""
+
+    def send_text(self, text: str) -> None:
+        """Send a text message."""
+        if not isinstance(text, str):
+            raise TypeError(f"send_text takes str, not {type(text).__name__}")
+        self._send(text.encode("utf-8"), False)
+
+    def send_binary(self, data: bytes) -> None:
+        """Send a binary message."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"send_binary takes bytes, not {type(data).__name__}")
+        self._send(bytes(data), True)
+
+    def _send(self, payload: bytes, is_binary: bool) -> None:
+        if not threadable.isInIOThread():
+            _call_in_reactor(self._send, payload, is_binary)
+            return
+        protocol = self._protocol
+        if protocol is not None and protocol.is_sendable():
+            protocol.sendMessage(payload, is_binary)
+
+    def send_ping(self, data: bytes = b"") -> None:
+        """Send a ping (at most 125 bytes of payload)."""
+        self._control(data, ping=True)
+
+    def send_pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited pong (at most 125 bytes of payload)."""
+        self._control(data, ping=False)
+
+    def _control(self, data: bytes, ping: bool) -> None:
+        if len(data) > 125:
+            raise ValueError("ping and pong payloads are at most 125 bytes")
+        if not threadable.isInIOThread():
+            _call_in_reactor(self._control, bytes(data), ping)
+            return
+        protocol = self._protocol
+        if protocol is not None and protocol.is_sendable():
+            if ping:
+                protocol.sendPing(bytes(data) or None)
+            else:
+                protocol.sendPong(bytes(data) or None)
+
+    def close(self, reason: str = "quit", code: int = 1000) -> None:
+        """Start the close handshake; ``onclose`` runs when it completes."""
+        if not (code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999):
+            raise ValueError(f"close code {code} may not be sent; use 1000, 1001, 1003, 1007-1011 or 3000-4999")
+        if not threadable.isInIOThread():
+            _call_in_reactor(self.close, reason, code)
+            return
+        protocol = self._protocol
+        if protocol is not None:
+            protocol.close_by_app(code, reason)
+
+    @property
+    def writable(self) -> bool:
+        """False while the peer is not reading fast enough and outgoing data piles up."""
+        return self._writable
+
+    def drained(self) -> Deferred[None]:
+        """A Deferred that fires when outgoing data is below the high-water mark."""
+        if self._writable or self._protocol is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    # Called by the protocol.
+
+    def _set_writable(self, writable: bool) -> None:
+        self._writable = writable
+        if writable and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _detach(self) -> None:
+        self._protocol = None
+        self._set_writable(True)

@@ -1,0 +1,270 @@
+"""``CrowServerProtocol``: autobahn's server protocol, dispatching to a rule's handlers.
+
+The opening handshake has already been checked by twisted.web and the rule's
+``onaccept`` (see ``leaf.py``) when this protocol takes over the transport,
+so it starts from the parsed request instead of re-reading the raw bytes:
+``accept_upgrade`` fills in what autobahn's ``processHandshake`` would have
+parsed and calls autobahn's own ``succeedHandshake``, which negotiates the
+extensions, writes the 101 and moves the protocol to OPEN.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .._handlers import Handler
+from ..routing import ParamValue
+from .connection import Connection
+from .dispatch import EventQueue
+
+if TYPE_CHECKING:
+    from .rule import WebSocketRule
+
+__all__ = ["CrowServerProtocol", "RuleFactory", "build_factory"]
+
+log = Logger(namespace="crowtwist")
+
+_STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+
+# Crow's own words for the failures its users match on; others keep autobahn's.
+_CROW_MESSAGES = {
+    "unmasked client-to-server frame": "Client connection not masked.",
+}
+
+_CLIENT_GOING_AWAY = 1001
+_INTERNAL_ERROR = 1011
+
+
+@implementer(IPushProducer)
+class _OutgoingFlow:
+    """Registered on the transport: it pauses us when the peer reads too slowly."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def pauseProducing(self) -> None:
+        self._conn._set_writable(False)
+
+    def resumeProducing(self) -> None:
+        self._conn._set_writable(True)
+
+    def stopProducing(self) -> None:
+        self._conn._set_writable(True)
+
+
+class RuleFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """One autobahn factory per WebSocket rule, carrying the rule to its protocols."""
+
+    def __init__(self, rule: WebSocketRule) -> None:
+        # server=None: the 101 carries no Server header naming autobahn's version.
+        super().__init__(server=None)
+        self.rule = rule
+
+
+def _deflate_acceptor(max_payload: int | None) -> Callable[[Sequence[object]], object]:
+    def accept(offers: Sequence[object]) -> object:
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return PerMessageDeflateOfferAccept(offer, max_message_size=max_payload)
+        return None
+
+    return accept
+
+
+def _decline(offers: Sequence[object]) -> None:
+    return None
+
+
+def build_factory(rule: WebSocketRule) -> RuleFactory:
+    """The autobahn factory for ``rule``, configured from the rule's and the app's settings."""
+    settings = rule.app.settings
+    max_payload = rule.effective_max_payload
+    factory = RuleFactory(rule)
+    factory.protocol = CrowServerProtocol
+    factory.setProtocolOptions(
+        requireMaskedClientFrames=settings.enforce_ws_spec,
+        # A protocol error gets a close frame with its code, not a dropped socket.
+        failByDrop=False,
+        maxMessagePayloadSize=max_payload or 0,
+        perMessageCompressionAccept=(
+            _deflate_acceptor(max_payload) if rule.effective_compression else _decline
+        ),
+        echoCloseCodeReason=True,
+        closeHandshakeTimeout=settings.close_timeout,
+        autoPingInterval=settings.keepalive_interval or 0,
+        autoPingTimeout=settings.keepalive_timeout or 0,
+        # setProtocolOptions resets this to False unless it is passed every time.
+        allowNullOrigin=settings.allow_null_origin,
+    )
+    return factory
+
+
+def _peer_host(transport: Any) -> str:
+    address = transport.getPeer()
+    host = getattr(address, "host", None)
+    if host is not None:
+        return str(host)
+    name = getattr(address, "name", None)
+    return "" if name is None else str(name)
+
+
+class CrowServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+    """Runs one connection's events through its rule's chained handlers."""
+
+    factory: RuleFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conn: Connection | None = None
+        self.closed: Deferred[None] = Deferred()
+        """Fires once ``onclose`` (or the lack of one) has run for this connection."""
+        self._events = EventQueue(self._pause_reading, self._resume_reading, self._handler_failed)
+        self._upgrade: tuple[Sequence[ParamValue], object] | None = None
+        self._app_close = False
+        self._error_reported = False
+        self._close_reported = False
+
+    # The upgrade, handed over by the leaf resource.
+
+    def accept_upgrade(
+        self,
+        key: str,
+        offered_protocols: Sequence[str],
+        extensions: str,
+        subprotocol: str | None,
+        params: Sequence[ParamValue],
+        userdata: object,
+        path: str,
+    ) -> None:
+        """Complete the opening handshake for a request twisted.web has parsed and checked."""
+        self.http_request_path = path
+        self.http_request_uri = path
+        self.websocket_version = 13
+        self.websocket_protocols = list(offered_protocols)
+        self.websocket_extensions = self._parseExtensionsHeader(extensions) if extensions else []
+        self._wskey = key
+        self._upgrade = (params, userdata)
+        self.succeedHandshake(subprotocol)
+
+    def is_sendable(self) -> bool:
+        """Whether the connection is open for messages."""
+        return bool(self.state == _STATE_OPEN)
+
+    def close_by_app(self, code: int, reason: str) -> None:
+        """Start the close handshake on the application's behalf."""
+        if self.state == _STATE_OPEN:
+            self._app_close = True
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+
+    # autobahn's hooks.
+
+    def onOpen(self) -> None:
+        params, userdata = self._upgrade or ((), None)
+        self._upgrade = None
+        rule = self.factory.rule
+        conn = Connection(
+            self,
+            rule,
+            params,
+            userdata,
+            _peer_host(self.transport),
+            self.websocket_protocol_in_use,
+        )
+        self.conn = conn
+        rule._opened(conn)
+        self.transport.registerProducer(_OutgoingFlow(conn), True)
+        log.debug("WebSocket opened: {route} from {peer}", route=rule.pattern, peer=conn.get_remote_ip())
+        self._events.push(rule.open_handler, conn)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        handler = self.factory.rule.message_handler
+        if handler is not None:
+            data: str | bytes = payload if isBinary else payload.decode("utf-8")
+            self._events.push(handler, self.conn, data, isBinary)
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        # autobahn fails a connection (protocol error, bad UTF-8, too big, ...)
+        # by sending a close frame of its own; that is when onerror is due.
+        if not (isReply or self._app_close) and self.state == _STATE_OPEN:
+            reason = (reasonUtf8 or b"").decode("utf-8", "replace")
+            self._report_error(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"))
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        conn = self.conn
+        if conn is None or self._close_reported:
+            if conn is None and not self.closed.called:
+                self.closed.callback(None)
+            return
+        self._close_reported = True
+        rule = self.factory.rule
+        rule._closed(conn)
+        conn._detach()
+        if wasClean:
+            code = 1005 if code is None else code
+            reason = reason or ""
+        else:
+            code, reason = 1006, "uncleanly"
+        log.debug(
+            "WebSocket closed: {route} from {peer}, {code} {reason!r}",
+            route=rule.pattern,
+            peer=conn.get_remote_ip(),
+            code=code,
+            reason=reason,
+        )
+        self._events.push(rule.close_handler, conn, reason, code, essential=True)
+        self._events.push(Handler.fitted(self._fire_closed, "onclose", 0), essential=True)
+
+    # Internals.
+
+    def _fire_closed(self) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def _report_error(self, message: str, first: bool = False) -> None:
+        if self.conn is None or self._error_reported:
+            return
+        self._error_reported = True
+        handler = self.factory.rule.error_handler
+        if first:
+            self._events.push_first(handler, self.conn, message)
+        else:
+            self._events.push(handler, self.conn, message, essential=True)
+
+    def _handler_failed(self, failure: Failure, event: str) -> None:
+        rule = self.factory.rule
+        peer = self.conn.get_remote_ip() if self.conn is not None else "?"
+        log.failure(
+            "{event} handler of WebSocket route {route} raised (peer {peer})",
+            failure,
+            event=event,
+            route=rule.pattern,
+            peer=peer,
+        )
+        if event in ("onerror", "onclose"):
+            return
+        self._report_error(f"{event} handler raised {failure.type.__name__}: {failure.value}", first=True)
+        if self.state == _STATE_OPEN:
+            self._app_close = True
+            self.sendCloseFrame(code=_INTERNAL_ERROR, reasonUtf8=b"internal error", isReply=False)
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()

@@ -1,0 +1,166 @@
+"""``WebSocketRule``: what ``app.route(...).websocket()`` returns, with Crow's chained handlers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from .._handlers import Handler
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from autobahn.twisted.websocket import WebSocketServerFactory
+
+    from ..app import Crow
+
+__all__ = ["ConnectionsView", "WebSocketRule"]
+
+_UNSET: Any = object()
+
+
+class ConnectionsView:
+    """A live, read-only view of a rule's open connections, in the order they opened.
+
+    Iterating takes a snapshot, so a handler may close connections (or new
+    ones may open) while it broadcasts.
+    """
+
+    __slots__ = ("_connections",)
+
+    def __init__(self, connections: dict[Connection, None]) -> None:
+        self._connections = connections
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(tuple(self._connections))
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._connections
+
+    def __repr__(self) -> str:
+        return f"<ConnectionsView of {len(self)} connection(s)>"
+
+
+class WebSocketRule:
+    """A WebSocket route: its handlers, its limits, and its open connections.
+
+    Every method returns the rule, so calls chain as in Crow.  Used as a
+    decorator (``@rule.onmessage``), a method likewise returns the rule.
+    """
+
+    def __init__(self, app: Crow, pattern: str) -> None:
+        self.app = app
+        self.pattern = pattern
+        self.accept_handler: Handler | None = None
+        self.open_handler: Handler | None = None
+        self.message_handler: Handler | None = None
+        self.error_handler: Handler | None = None
+        self.close_handler: Handler | None = None
+        self._max_payload: int | None = _UNSET
+        self._compression: bool | None = None
+        self.offered_subprotocols: tuple[str, ...] = ()
+        self._open: dict[Connection, None] = {}
+        self.connections = ConnectionsView(self._open)
+        self._factory: WebSocketServerFactory | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebSocketRule {self.pattern!r}>"
+
+    # Crow's chained handlers.
+
+    def onaccept(self, func: Callable[..., Any]) -> WebSocketRule:
+        """``func(request)`` before the upgrade: ``True`` accepts, ``False`` answers 400,
+        a ``Response`` answers with itself.  It may set ``request.userdata``."""
+        self.accept_handler = Handler(func, "onaccept", 1, 1)
+        return self
+
+    def onopen(self, func: Callable[..., Any]) -> WebSocketRule:
+        """``func(conn)`` once the connection is open."""
+        self.open_handler = Handler(func, "onopen", 1, 1)
+        return self
+
+    def onmessage(self, func: Callable[..., Any]) -> WebSocketRule:
+        """``func(conn, data, is_binary)`` per complete message; ``data`` is ``str`` or ``bytes``."""
+        self.message_handler = Handler(func, "onmessage", 3, 3)
+        return self
+
+    def onerror(self, func: Callable[..., Any]) -> WebSocketRule:
+        """``func(conn)`` or ``func(conn, message)`` when the connection fails, before ``onclose``."""
+        self.error_handler = Handler(func, "onerror", 1, 2)
+        return self
+
+    def onclose(self, func: Callable[..., Any]) -> WebSocketRule:
+        """``func(conn, reason)`` or ``func(conn, reason, code)`` exactly once per opened connection."""
+        self.close_handler = Handler(func, "onclose", 2, 3)
+        return self
+
+    # Settings.
+
+    def max_payload(self, size: int | None) -> WebSocketRule:
+        """Bound a whole incoming message, after decompression (``None``: no bound)."""
+        self._max_payload = _check_payload(size)
+        self._factory = None
+        return self
+
+    def subprotocols(self, protocols: Iterable[str]) -> WebSocketRule:
+        """Protocols this route speaks, preferred first (Crow's ``subprotocols``)."""
+        protocols = tuple(protocols)
+        for protocol in protocols:
+            if not isinstance(protocol, str) or not protocol or any(c in protocol for c in " ,\t"):
+                raise ValueError(f"route {self.pattern!r}: invalid subprotocol {protocol!r}")
+        self.offered_subprotocols = protocols
+        return self
+
+    def compression(self, enabled: bool) -> WebSocketRule:
+        """Turn permessage-deflate on or off for this route (default: the app's setting)."""
+        self._compression = bool(enabled)
+        self._factory = None
+        return self
+
+    @property
+    def effective_max_payload(self) -> int | None:
+        """This route's message bound: its own if set, else the app's."""
+        if self._max_payload is _UNSET:
+            return self.app.settings.websocket_max_payload
+        return self._max_payload
+
+    @property
+    def effective_compression(self) -> bool:
+        """Whether this route accepts permessage-deflate."""
+        if self._compression is None:
+            return self.app.settings.compression
+        return self._compression
+
+    def choose_subprotocol(self, offered: Iterable[str]) -> str | None:
+        """The first of this route's protocols that the client offered (Crow's rule)."""
+        offered = set(offered)
+        for protocol in self.offered_subprotocols:
+            if protocol in offered:
+                return protocol
+        return None
+
+    # Used by the protocol.
+
+    @property
+    def factory(self) -> WebSocketServerFactory:
+        """The autobahn factory of this rule, built on first use from the current settings."""
+        if self._factory is None:
+            from .protocol import build_factory
+
+            self._factory = build_factory(self)
+        return self._factory
+
+    def _opened(self, conn: Connection) -> None:
+        self._open[conn] = None
+
+    def _closed(self, conn: Connection) -> None:
+        self._open.pop(conn, None)
+
+
+def _check_payload(size: int | None) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"max_payload must be a positive int or None, not {size!r}")
+    return size
