@@ -215,11 +215,15 @@ class Crow:
         site = Site(self.resource())
         site.displayTracebacks = False
         top = MultiService()
-        _Closer(self).setServiceParent(top)
+        top.addService(_Closer(self))
         for endpoint in endpoints:
             if isinstance(endpoint, str):
                 endpoint = serverFromString(reactor, endpoint)
-            StreamServerEndpointService(endpoint, site).setServiceParent(top)
+            listener = StreamServerEndpointService(endpoint, site)
+            # Report a port that cannot be had from startService itself, not as
+            # an unhandled error in the log after the process claimed to start.
+            listener._raiseSynchronously = True
+            top.addService(listener)
         return top
 
     def run(self, port: int | None = None, host: str | None = None) -> None:
@@ -234,12 +238,21 @@ class Crow:
             self._port = port
         if host is not None:
             self._host = host
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+        from twisted.internet.error import CannotListenError
+        from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
+
+        level = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+        globalLogBeginner.beginLoggingTo(
+            [FilteringLogObserver(textFileLogObserver(sys.stderr), [level])], redirectStandardIO=False
+        )
         service = self.service()
-        service.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+        try:
+            service.startService()
+        except CannotListenError as error:
+            raise SystemExit(f"crowtwist: cannot listen on {self._host}:{self._port}: {error.socketError}") from None
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
         log.info("crowtwist serving on {host}:{port}", host=self._host, port=self._port)
-        reactor.run()  # type: ignore[attr-defined]
+        reactor.run()
 
 
 class _Closer(Service):
@@ -249,7 +262,7 @@ class _Closer(Service):
         self._app = app
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        Service.stopService(self)
         return self._app.close_all()
 
 

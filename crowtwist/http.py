@@ -155,6 +155,9 @@ class NotFound(Resource):
 
     isLeaf = True
 
+    def __init__(self) -> None:
+        Resource.__init__(self)
+
     def render(self, request: Request) -> bytes:
         result = write_response(request, Response(404, "404 Not Found\n"))
         assert isinstance(result, bytes)

@@ -12,13 +12,13 @@ renders its HTTP rule or its WebSocket leaf.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from .http import HttpRule, NotFound, render_http
-from .routing import RouteNode
+from .routing import ParamValue, RouteNode
 from .websocket.leaf import WebSocketLeaf, wants_upgrade
 
 if TYPE_CHECKING:
@@ -40,6 +40,15 @@ class Endpoint:
         self.leaf: WebSocketLeaf | None = None
 
 
+def route_params(request: Request) -> list[ParamValue]:
+    """The converted typed segments of ``request`` so far (``request.route_params``)."""
+    params: list[ParamValue] | None = getattr(request, "route_params", None)
+    if params is None:
+        params = []
+        cast(Any, request).route_params = params
+    return params
+
+
 def _decode(segment: bytes) -> str | None:
     try:
         return segment.decode("utf-8")
@@ -51,7 +60,7 @@ class RouteResource(Resource):
     """One level of the route tree."""
 
     def __init__(self, node: RouteNode[Endpoint], leaf: bool = False) -> None:
-        super().__init__()
+        Resource.__init__(self)
         self._node = node
         self.isLeaf = leaf
         self._resources: dict[RouteNode[Endpoint], RouteResource] = {}
@@ -64,18 +73,21 @@ class RouteResource(Resource):
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         segment = _decode(path)
-        rest = [_decode(s) for s in request.postpath]
-        if segment is None or None in rest:
+        rest: list[str] = []
+        for raw in request.postpath or ():
+            decoded = _decode(raw)
+            if decoded is None:
+                return _NOT_FOUND
+            rest.append(decoded)
+        if segment is None:
             return _NOT_FOUND
-        for node, value, width in self._node.step(segment, rest):  # type: ignore[arg-type]
+        for node, value, width in self._node.step(segment, rest):
             if value is not None:
-                params = getattr(request, "route_params", None)
-                if params is None:
-                    params = request.route_params = []
-                params.append(value)
+                route_params(request).append(value)
             return self._resource_for(node, leaf=width > 1)
         # Resources a user mounted with putChild, where no route matches.
-        return self.children.get(path, _NOT_FOUND)
+        child: IResource = self.children.get(path, _NOT_FOUND)
+        return child
 
     def render(self, request: Request) -> bytes | int:
         endpoint = self._node.endpoint
@@ -85,9 +97,7 @@ class RouteResource(Resource):
             endpoint = child.endpoint if child is not None else None
             if endpoint is None:
                 return _NOT_FOUND.render(request)
-        params = getattr(request, "route_params", [])
-        if not hasattr(request, "route_params"):
-            request.route_params = params
+        params = route_params(request)
         if endpoint.websocket is not None and (not endpoint.http or wants_upgrade(request)):
             if endpoint.leaf is None or endpoint.leaf.rule is not endpoint.websocket:
                 endpoint.leaf = WebSocketLeaf(endpoint.websocket)

@@ -5,26 +5,23 @@
 
 from crowtwist import Connection, Crow
 
-app = Crow()
-
 
 def echo(conn: Connection, data: str | bytes, is_binary: bool) -> None:
-    if is_binary:
-        assert isinstance(data, bytes)
+    if isinstance(data, bytes):
         conn.send_binary(data)
     else:
-        assert isinstance(data, str)
         conn.send_text(data)
 
 
-app.route("/").websocket().onmessage(echo)
-app.route("/echo").websocket().onmessage(echo)
+def add_routes(app: Crow) -> None:
+    """Declare the echo routes on ``app``."""
+    app.route("/").websocket().onmessage(echo)
+    app.route("/echo").websocket().onmessage(echo)
+    app.route("/hello")(lambda request: "Hello from crowtwist\n")
 
 
-@app.route("/hello")
-def hello(request: object) -> str:
-    return "Hello from crowtwist\n"
-
+app = Crow()
+add_routes(app)
 
 if __name__ == "__main__":
     app.run()

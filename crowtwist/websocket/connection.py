@@ -114,7 +114,7 @@ class Connection:
             return
         protocol = self._protocol
         if protocol is not None and protocol.is_sendable():
-            protocol.sendMessage(payload, is_binary)
+            protocol.send_message(payload, is_binary)
 
     def send_ping(self, data: bytes = b"") -> None:
         """Send a ping (at most 125 bytes of payload)."""
@@ -132,10 +132,7 @@ class Connection:
             return
         protocol = self._protocol
         if protocol is not None and protocol.is_sendable():
-            if ping:
-                protocol.sendPing(bytes(data) or None)
-            else:
-                protocol.sendPong(bytes(data) or None)
+            protocol.send_control(bytes(data), ping)
 
     def close(self, reason: str = "quit", code: int = 1000) -> None:
         """Start the close handshake; ``onclose`` runs when it completes."""

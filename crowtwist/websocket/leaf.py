@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -59,7 +60,7 @@ _UPGRADE_REQUIRED = Response(
 )
 
 
-class WebSocketLeaf(WebSocketResource):  # type: ignore[misc]
+class WebSocketLeaf(WebSocketResource):
     """The leaf of one WebSocket rule in the resource tree."""
 
     isLeaf = True
@@ -85,7 +86,8 @@ class WebSocketLeaf(WebSocketResource):  # type: ignore[misc]
             return write_response(request, _UPGRADE_REQUIRED)
 
         if not hasattr(request, "userdata"):
-            request.userdata = None
+            # Crow's void** userdata: onaccept may set it; the connection carries it.
+            cast(Any, request).userdata = None
         handler = self.rule.accept_handler
         if handler is None:
             return self._decide(True, request, deferred=False)
@@ -146,7 +148,7 @@ class WebSocketLeaf(WebSocketResource):  # type: ignore[misc]
     def _take_over(self, request: Request) -> None:
         channel: Any = request.channel
         transport = channel.transport
-        protocol = self.rule.factory.buildProtocol(transport.getPeer())
+        protocol = self.rule.factory.build(transport.getPeer())
         # The HTTP channel registered itself as the transport's producer and
         # would keep itself (and this request) alive through it.
         transport.unregisterProducer()
@@ -155,14 +157,14 @@ class WebSocketLeaf(WebSocketResource):  # type: ignore[misc]
             transport.wrappedProtocol = protocol  # TLS: the channel sat inside the TLS wrapper
         else:
             transport.protocol = protocol
-        protocol.makeConnection(transport)
+        WebSocketServerProtocol.makeConnection(protocol, transport)
         # twisted.web pauses reading while a request is handled; nothing else will resume it.
         producer = IPushProducer(transport, None)
         if producer is not None:
             producer.resumeProducing()
         offered = header_tokens(request, b"sec-websocket-protocol", lower=False)
         protocol.accept_upgrade(
-            key=request.getHeader(b"sec-websocket-key").strip().decode("ascii"),
+            key=(request.getHeader(b"sec-websocket-key") or b"").strip().decode("ascii"),
             offered_protocols=offered,
             extensions=",".join(
                 v.decode("latin-1")
@@ -170,7 +172,7 @@ class WebSocketLeaf(WebSocketResource):  # type: ignore[misc]
             ),
             subprotocol=self.rule.choose_subprotocol(offered),
             params=getattr(request, "route_params", ()),
-            userdata=request.userdata,
+            userdata=cast(Any, request).userdata,
             path=request.path.decode("latin-1"),
         )
 

@@ -10,13 +10,13 @@ extensions, writes the 101 and moves the protocol to OPEN.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -63,13 +63,19 @@ class _OutgoingFlow:
         self._conn._set_writable(True)
 
 
-class RuleFactory(WebSocketServerFactory):  # type: ignore[misc]
+class RuleFactory(WebSocketServerFactory):
     """One autobahn factory per WebSocket rule, carrying the rule to its protocols."""
 
     def __init__(self, rule: WebSocketRule) -> None:
         # server=None: the 101 carries no Server header naming autobahn's version.
-        super().__init__(server=None)
+        WebSocketServerFactory.__init__(self, server=None)
         self.rule = rule
+
+    def build(self, address: IAddress) -> CrowServerProtocol:
+        """A protocol for one upgraded connection."""
+        protocol = self.buildProtocol(address)
+        assert isinstance(protocol, CrowServerProtocol)
+        return protocol
 
 
 def _deflate_acceptor(max_payload: int | None) -> Callable[[Sequence[object]], object]:
@@ -92,7 +98,8 @@ def build_factory(rule: WebSocketRule) -> RuleFactory:
     max_payload = rule.effective_max_payload
     factory = RuleFactory(rule)
     factory.protocol = CrowServerProtocol
-    factory.setProtocolOptions(
+    WebSocketServerFactory.setProtocolOptions(
+        factory,
         requireMaskedClientFrames=settings.enforce_ws_spec,
         # A protocol error gets a close frame with its code, not a dropped socket.
         failByDrop=False,
@@ -119,7 +126,7 @@ def _peer_host(transport: Any) -> str:
     return "" if name is None else str(name)
 
 
-class CrowServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class CrowServerProtocol(WebSocketServerProtocol):
     """Runs one connection's events through its rule's chained handlers."""
 
     factory: RuleFactory
@@ -152,7 +159,9 @@ class CrowServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.http_request_uri = path
         self.websocket_version = 13
         self.websocket_protocols = list(offered_protocols)
-        self.websocket_extensions = self._parseExtensionsHeader(extensions) if extensions else []
+        self.websocket_extensions = (
+            WebSocketServerProtocol._parseExtensionsHeader(self, extensions) if extensions else []
+        )
         self._wskey = key
         self._upgrade = (params, userdata)
         self.succeedHandshake(subprotocol)
@@ -183,7 +192,7 @@ class CrowServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         )
         self.conn = conn
         rule._opened(conn)
-        self.transport.registerProducer(_OutgoingFlow(conn), True)
+        cast(IConsumer, self.transport).registerProducer(_OutgoingFlow(conn), True)
         log.debug("WebSocket opened: {route} from {peer}", route=rule.pattern, peer=conn.get_remote_ip())
         self._events.push(rule.open_handler, conn)
 
@@ -256,15 +265,27 @@ class CrowServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         )
         if event in ("onerror", "onclose"):
             return
-        self._report_error(f"{event} handler raised {failure.type.__name__}: {failure.value}", first=True)
+        kind = failure.type.__name__ if failure.type is not None else "an error"
+        self._report_error(f"{event} handler raised {kind}: {failure.value}", first=True)
         if self.state == _STATE_OPEN:
             self._app_close = True
             self.sendCloseFrame(code=_INTERNAL_ERROR, reasonUtf8=b"internal error", isReply=False)
 
+    def send_message(self, payload: bytes, is_binary: bool) -> None:
+        """Send one message (typed entry to autobahn's ``sendMessage``)."""
+        WebSocketServerProtocol.sendMessage(self, payload, is_binary)
+
+    def send_control(self, payload: bytes, ping: bool) -> None:
+        """Send a ping or a pong."""
+        if ping:
+            WebSocketServerProtocol.sendPing(self, payload or None)
+        else:
+            WebSocketServerProtocol.sendPong(self, payload or None)
+
     def _pause_reading(self) -> None:
         if self.transport is not None:
-            self.transport.pauseProducing()
+            cast(IPushProducer, self.transport).pauseProducing()
 
     def _resume_reading(self) -> None:
         if self.transport is not None:
-            self.transport.resumeProducing()
+            cast(IPushProducer, self.transport).resumeProducing()

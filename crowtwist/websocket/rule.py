@@ -8,9 +8,8 @@ from .._handlers import Handler
 from .connection import Connection
 
 if TYPE_CHECKING:
-    from autobahn.twisted.websocket import WebSocketServerFactory
-
     from ..app import Crow
+    from .protocol import RuleFactory
 
 __all__ = ["ConnectionsView", "WebSocketRule"]
 
@@ -62,7 +61,7 @@ class WebSocketRule:
         self.offered_subprotocols: tuple[str, ...] = ()
         self._open: dict[Connection, None] = {}
         self.connections = ConnectionsView(self._open)
-        self._factory: WebSocketServerFactory | None = None
+        self._factory: RuleFactory | None = None
 
     def __repr__(self) -> str:
         return f"<WebSocketRule {self.pattern!r}>"
@@ -143,7 +142,7 @@ class WebSocketRule:
     # Used by the protocol.
 
     @property
-    def factory(self) -> WebSocketServerFactory:
+    def factory(self) -> RuleFactory:
         """The autobahn factory of this rule, built on first use from the current settings."""
         if self._factory is None:
             from .protocol import build_factory

@@ -1,0 +1,181 @@
+"""``twistd crow``: options and ``makeService``.
+
+``twistd -n crow --routes mymod`` imports ``mymod`` and serves the ``Crow``
+app it defines.  Bad input ends the process with one line on stderr and a
+non-zero status, not a usage dump or a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.python import usage
+
+from .app import DEFAULT_PORT, Crow
+
+__all__ = ["Options", "load_app", "makeService"]
+
+
+class LoadError(Exception):
+    """The --routes module could not give us an app; the message says why."""
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"twistd crow: {message}")
+
+
+def load_app(spec: str) -> Crow:
+    """The ``Crow`` app named by ``module`` or ``module:attribute``.
+
+    The attribute defaults to ``app``; it may be a ``Crow`` or a callable
+    taking no arguments that returns one.  The current directory is
+    importable, as it is for ``python -m``.
+    """
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    if not module_name:
+        raise LoadError(f"--routes {spec!r} names no module")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            raise LoadError(f"cannot import {module_name!r}: no such module") from None
+        raise LoadError(f"cannot import {module_name!r}: {_last_line(error)}") from None
+    except Exception as error:
+        raise LoadError(f"cannot import {module_name!r}: {_last_line(error)}") from None
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise LoadError(f"module {module_name!r} has no attribute {attribute!r} (expected a Crow app)") from None
+    if isinstance(target, Crow):
+        return target
+    if callable(target):
+        try:
+            target = target()
+        except Exception as error:
+            raise LoadError(f"{module_name}:{attribute}() raised {_last_line(error)}") from None
+        if isinstance(target, Crow):
+            return target
+    raise LoadError(
+        f"{module_name}:{attribute} is a {type(target).__name__}, not a Crow app"
+        " or a callable returning one"
+    )
+
+
+def _last_line(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def _positive(name: str, value: str, kind: type = float, allow_none: bool = True) -> Any:
+    if allow_none and value.lower() in ("none", "off", "0"):
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise _fail(f"--{name} takes a number, not {value!r}") from None
+    if number <= 0:
+        raise _fail(f"--{name} must be positive, not {value!r}")
+    return number
+
+
+class Options(usage.Options):
+    """Options of ``twistd crow``."""
+
+    synopsis = "--routes MODULE[:ATTRIBUTE] [options]"
+    longdesc = (
+        "Serve the routes of a crowtwist (Crow-style) app. MODULE is imported from the"
+        " current directory or the Python path; ATTRIBUTE (default: app) is a Crow app or"
+        " a callable returning one. Listens on tcp:18080, Crow's port, unless told otherwise."
+    )
+    optParameters = [
+        ["routes", "r", None, "Module defining the app: MODULE or MODULE:ATTRIBUTE."],
+        ["port", "p", None, "Shorthand for --listen tcp:PORT."],
+        ["max-payload", None, None, "Largest incoming message in bytes, after decompression ('none': no bound)."],
+        ["keepalive-interval", None, None, "Seconds between server pings ('off': no pings)."],
+        ["keepalive-timeout", None, None, "Seconds to wait for a pong before dropping the connection."],
+        ["close-timeout", None, None, "Seconds to wait for the peer's close frame before dropping it."],
+    ]
+    optFlags = [
+        ["enforce-ws-spec", None, "Require masked client frames (Crow's CROW_ENFORCE_WS_SPEC)."],
+        ["no-compression", None, "Decline permessage-deflate."],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """A Twisted endpoint to listen on, e.g. tcp:18080:interface=127.0.0.1,
+        ssl:8443:privateKey=key.pem:certKey=cert.pem or unix:/tmp/crow.sock.
+        Repeatable. [default: tcp:18080]"""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if not self["routes"]:
+            raise _fail("--routes MODULE is required (e.g. --routes examples.echo)")
+        if self["port"] is not None:
+            self["listen"].append(f"tcp:{_positive('port', self['port'], int, allow_none=False)}")
+        if not self["listen"]:
+            self["listen"].append(f"tcp:{DEFAULT_PORT}")
+        for name in ("max-payload",):
+            if self[name] is not None:
+                self[name] = _positive(name, self[name], int)
+        for name in ("keepalive-interval", "keepalive-timeout", "close-timeout"):
+            if self[name] is not None:
+                self[name] = _positive(name, self[name], float, allow_none=name != "close-timeout")
+
+
+def configure(app: Crow, options: Options) -> None:
+    """Apply command-line settings over what the module set."""
+    settings = app.settings
+    if options["enforce-ws-spec"]:
+        settings.enforce_ws_spec = True
+    if options["no-compression"]:
+        settings.compression = False
+    if options["max-payload"] is not None or (options["max-payload"] is None and False):
+        settings.websocket_max_payload = options["max-payload"]
+    if options["keepalive-interval"] is not None:
+        settings.keepalive_interval = options["keepalive-interval"]
+    if options["keepalive-timeout"] is not None:
+        settings.keepalive_timeout = options["keepalive-timeout"]
+    if options["close-timeout"] is not None:
+        settings.close_timeout = options["close-timeout"]
+    app._reset_factories()
+
+
+def makeService(options: Options) -> IService:
+    """The app named by --routes, listening on every --listen endpoint."""
+    try:
+        app = load_app(options["routes"])
+    except LoadError as error:
+        raise _fail(str(error)) from None
+    configure(app, options)
+    try:
+        service = app.service(*options["listen"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise _fail(f"bad --listen endpoint: {error}") from None
+    return _OneLineErrors(service)
+
+
+class _OneLineErrors(MultiService):
+    """Turns a port that cannot be had into one line and exit status 1."""
+
+    def __init__(self, inner: MultiService) -> None:
+        MultiService.__init__(self)
+        MultiService.addService(self, inner)
+
+    def privilegedStartService(self) -> None:
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListenError as error:
+            raise _fail(f"cannot listen on {error.interface or '*'}:{error.port}: {error.socketError}") from None
