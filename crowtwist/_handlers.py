@@ -38,10 +38,13 @@ class Handler:
 
     ``required`` is the fewest arguments a handler for this event may take:
     a handler that takes fewer, or more than are offered, is rejected when it
-    is registered, with a message that names the event.
+    is registered, with a message that names the event.  ``call`` takes every
+    argument the event offers and passes on the ones ``func`` takes; when it
+    takes them all, ``call`` is ``func`` itself, so the common case costs no
+    extra frame.
     """
 
-    __slots__ = ("func", "event", "_take")
+    __slots__ = ("func", "event", "takes", "call")
 
     def __init__(self, func: Callable[..., Any], event: str, required: int, available: int) -> None:
         if not callable(func):
@@ -53,29 +56,27 @@ class Handler:
                 f"{event} handler {getattr(func, '__qualname__', func)!r} takes {arity} positional"
                 f" argument(s); {event} passes {expected}"
             )
+        self._fit(func, event, available if arity is None else arity, available)
+
+    def _fit(self, func: Callable[..., Any], event: str, takes: int, available: int) -> None:
         self.func = func
         self.event = event
-        self._take = available if arity is None else arity
+        self.takes = takes
+        if takes == available:
+            self.call: Callable[..., Any] = func
+        else:
+            self.call = lambda *args: func(*args[:takes])
 
     @classmethod
-    def fitted(cls, func: Callable[..., Any], event: str, take: int) -> Handler:
+    def fitted(cls, func: Callable[..., Any], event: str, takes: int) -> Handler:
         """A handler of ours whose arity is known, skipping the inspection."""
         handler = cls.__new__(cls)
-        handler.func = func
-        handler.event = event
-        handler._take = take
+        handler._fit(func, event, takes, takes)
         return handler
-
-    @property
-    def takes(self) -> int:
-        """How many arguments each call passes."""
-        return self._take
 
     def __call__(self, *args: Any) -> Any:
         """Call the handler with as many of ``args`` as it takes."""
-        if len(args) > self._take:
-            args = args[: self._take]
-        return self.func(*args)
+        return self.call(*args)
 
 
 async def _await(awaitable: Awaitable[T]) -> T:
@@ -87,6 +88,8 @@ def as_deferred(result: object) -> Deferred[Any] | None:
 
     Plain values stay plain so that a synchronous handler costs no Deferred.
     """
+    if result is None:
+        return None
     if isinstance(result, Deferred):
         return result
     if inspect.iscoroutine(result):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, succeed
-from twisted.python import threadable
 
 from ..routing import ParamValue
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 # RFC 6455 7.4.1 codes an endpoint may put in a close frame, plus the registered range.
+_OPEN = WebSocketProtocol.STATE_OPEN
+
 _SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011})
 
 
@@ -55,6 +58,7 @@ class Connection:
         "_subprotocol",
         "_writable",
         "_drain_waiters",
+        "_thread",
         "__weakref__",
     )
 
@@ -77,6 +81,8 @@ class Connection:
         self._subprotocol = subprotocol
         self._writable = True
         self._drain_waiters: list[Deferred[None]] = []
+        # Made by the protocol, so on the reactor thread: sends from others hop over.
+        self._thread = get_ident()
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -109,11 +115,11 @@ class Connection:
         self._send(bytes(data), True)
 
     def _send(self, payload: bytes, is_binary: bool) -> None:
-        if not threadable.isInIOThread():
+        if get_ident() != self._thread:
             _call_in_reactor(self._send, payload, is_binary)
             return
         protocol = self._protocol
-        if protocol is not None and protocol.is_sendable():
+        if protocol is not None and protocol.state == _OPEN:
             protocol.send_message(payload, is_binary)
 
     def send_ping(self, data: bytes = b"") -> None:
@@ -127,7 +133,7 @@ class Connection:
     def _control(self, data: bytes, ping: bool) -> None:
         if len(data) > 125:
             raise ValueError("ping and pong payloads are at most 125 bytes")
-        if not threadable.isInIOThread():
+        if get_ident() != self._thread:
             _call_in_reactor(self._control, bytes(data), ping)
             return
         protocol = self._protocol
@@ -138,7 +144,7 @@ class Connection:
         """Start the close handshake; ``onclose`` runs when it completes."""
         if not (code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999):
             raise ValueError(f"close code {code} may not be sent; use 1000, 1001, 1003, 1007-1011 or 3000-4999")
-        if not threadable.isInIOThread():
+        if get_ident() != self._thread:
             _call_in_reactor(self.close, reason, code)
             return
         protocol = self._protocol

@@ -65,8 +65,16 @@ class EventQueue:
         """Run ``handler(*args)`` now, or after the events before it."""
         if handler is None or (self._failed and not essential):
             return
-        self._queue.append((handler, args, essential))
-        if not (self._running or self._waiting):
+        if self._running or self._waiting or self._queue:
+            self._queue.append((handler, args, essential))
+            return
+        # The common case, inline: nothing ahead of this event.
+        self._running = True
+        try:
+            self._run(handler, args)
+        finally:
+            self._running = False
+        if self._queue and not self._waiting:
             self._drain()
 
     def push_first(self, handler: Handler | None, *args: Any) -> None:
@@ -84,21 +92,27 @@ class EventQueue:
                 handler, args, essential = self._queue.popleft()
                 if self._failed and not essential:
                     continue
-                try:
-                    pending = as_deferred(handler(*args))
-                except Exception:
-                    self._fail(Failure(), handler.event)
-                    continue
-                if pending is None:
-                    continue
-                self._waiting = True
-                pending.addCallbacks(self._settled, self._errored, errbackArgs=(handler.event,))
-                if self._waiting and not self._paused:
-                    # Still pending after addCallbacks: a real wait, so stop reading.
-                    self._paused = True
-                    self._pause()
+                self._run(handler, args)
         finally:
             self._running = False
+
+    def _run(self, handler: Handler, args: tuple[Any, ...]) -> None:
+        try:
+            result = handler.call(*args)
+        except Exception:
+            self._fail(Failure(), handler.event)
+            return
+        if result is None:
+            return
+        pending = as_deferred(result)
+        if pending is None:
+            return
+        self._waiting = True
+        pending.addCallbacks(self._settled, self._errored, errbackArgs=(handler.event,))
+        if self._waiting and not self._paused:
+            # Still pending after addCallbacks: a real wait, so stop reading.
+            self._paused = True
+            self._pause()
 
     def _settled(self, _: object) -> None:
         self._waiting = False

@@ -16,7 +16,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -75,6 +75,7 @@ class RuleFactory(WebSocketServerFactory):
         """A protocol for one upgraded connection."""
         protocol = self.buildProtocol(address)
         assert isinstance(protocol, CrowServerProtocol)
+        protocol._rule = self.rule
         return protocol
 
 
@@ -130,6 +131,9 @@ class CrowServerProtocol(WebSocketServerProtocol):
     """Runs one connection's events through its rule's chained handlers."""
 
     factory: RuleFactory
+    _rule: WebSocketRule
+    """The rule this connection serves (its factory's), set when the protocol is built."""
+    logOctets: bool  # set by autobahn's _connectionMade from the factory
 
     def __init__(self) -> None:
         super().__init__()
@@ -181,7 +185,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         params, userdata = self._upgrade or ((), None)
         self._upgrade = None
-        rule = self.factory.rule
+        rule = self._rule
         conn = Connection(
             self,
             rule,
@@ -196,8 +200,30 @@ class CrowServerProtocol(WebSocketServerProtocol):
         log.debug("WebSocket opened: {route} from {peer}", route=rule.pattern, peer=conn.get_remote_ip())
         self._events.push(rule.open_handler, conn)
 
+    # Per-message costs of autobahn's generic paths that this protocol has no use for.
+
+    def onMessageEnd(self) -> None:
+        # autobahn's version also fires its "message" observer signal, which
+        # costs a Deferred and two callbacks per message; nothing observes it here.
+        parts: list[bytes] | None = self.message_data
+        self.message_data = cast(Any, None)
+        if parts is not None and not self.failedByMe:
+            self.onMessage(parts[0] if len(parts) == 1 else b"".join(parts), self.message_is_binary)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # autobahn formats debug-log arguments on every write even with logging
+        # off; the plain case (no chopping, nothing queued) needs only the write.
+        if sync or chopsize or self.send_queue or self.logOctets:
+            WebSocketServerProtocol.sendData(self, data, sync, chopsize)
+            return
+        cast(ITransport, self.transport).write(data)
+        if self.state == _STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        else:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        handler = self.factory.rule.message_handler
+        handler = self._rule.message_handler
         if handler is not None:
             data: str | bytes = payload if isBinary else payload.decode("utf-8")
             self._events.push(handler, self.conn, data, isBinary)
@@ -219,7 +245,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 self.closed.callback(None)
             return
         self._close_reported = True
-        rule = self.factory.rule
+        rule = self._rule
         rule._closed(conn)
         conn._detach()
         if wasClean:
@@ -247,14 +273,14 @@ class CrowServerProtocol(WebSocketServerProtocol):
         if self.conn is None or self._error_reported:
             return
         self._error_reported = True
-        handler = self.factory.rule.error_handler
+        handler = self._rule.error_handler
         if first:
             self._events.push_first(handler, self.conn, message)
         else:
             self._events.push(handler, self.conn, message, essential=True)
 
     def _handler_failed(self, failure: Failure, event: str) -> None:
-        rule = self.factory.rule
+        rule = self._rule
         peer = self.conn.get_remote_ip() if self.conn is not None else "?"
         log.failure(
             "{event} handler of WebSocket route {route} raised (peer {peer})",
@@ -271,9 +297,13 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self._app_close = True
             self.sendCloseFrame(code=_INTERNAL_ERROR, reasonUtf8=b"internal error", isReply=False)
 
-    def send_message(self, payload: bytes, is_binary: bool) -> None:
-        """Send one message (typed entry to autobahn's ``sendMessage``)."""
-        WebSocketServerProtocol.sendMessage(self, payload, is_binary)
+    if TYPE_CHECKING:
+
+        def send_message(self, payload: bytes, is_binary: bool) -> None:
+            """Send one message: autobahn's ``sendMessage``, typed."""
+
+    else:
+        send_message = WebSocketServerProtocol.sendMessage
 
     def send_control(self, payload: bytes, ping: bool) -> None:
         """Send a ping or a pong."""
