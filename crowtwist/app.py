@@ -158,7 +158,7 @@ class Crow:
 
     def _reset_factories(self) -> None:
         for rule in self._ws_rules:
-            rule._factory = None
+            rule.reset_factory()
 
     # Serving.
 
@@ -263,6 +263,6 @@ class _Closer(Service):
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        return self._app.close_all()
+        return self._app.close_all().addCallback(lambda _: self._app._reset_factories())
 
 

@@ -504,3 +504,32 @@ def test_async_handlers() -> None:
     client = MemoryClient(app, "/ws")
     client.send_text("hi")
     assert seen == ["hi"] and client.messages() == ["HI"]
+
+
+def test_factory_options_follow_settings() -> None:
+    """Each rule's autobahn factory reflects the app's and the rule's settings, and restarts on change."""
+    app = Crow(enforce_ws_spec=True)
+    app.settings.allow_null_origin = False
+    rule = app.route("/ws").websocket().max_payload(1234)
+    factory = rule.factory
+    assert factory.requireMaskedClientFrames is True
+    assert factory.failByDrop is False
+    assert factory.maxMessagePayloadSize == 1234
+    assert factory.allowNullOrigin is False
+    assert factory.server is None
+    assert factory.numPorts == 1
+    rule.max_payload(None)
+    assert factory.numPorts == 0
+    assert rule.factory is not factory and rule.factory.maxMessagePayloadSize == 0
+
+
+def test_compression_can_be_declined() -> None:
+    """permessage-deflate is accepted by default and declined when turned off for the route or app."""
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+    app = Crow()
+    Events(app, "/on")
+    Events(app, "/off").rule.compression(False)
+    assert "permessage-deflate" in MemoryClient(app, "/on", offer).headers["sec-websocket-extensions"]
+    assert "sec-websocket-extensions" not in MemoryClient(app, "/off", offer).headers
+    app.websocket_compression(False)
+    assert "sec-websocket-extensions" not in MemoryClient(app, "/on", offer).headers

@@ -16,6 +16,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -70,6 +71,14 @@ class RuleFactory(WebSocketServerFactory):
         # server=None: the 101 carries no Server header naming autobahn's version.
         WebSocketServerFactory.__init__(self, server=None)
         self.rule = rule
+
+    def start(self) -> None:
+        """Start the factory, as a listening port would (the leaf shares a Site's port)."""
+        Factory.doStart(self)
+
+    def stop(self) -> None:
+        """Stop the factory; open connections are not touched."""
+        Factory.doStop(self)
 
     def build(self, address: IAddress) -> CrowServerProtocol:
         """A protocol for one upgraded connection."""

@@ -99,7 +99,7 @@ class WebSocketRule:
     def max_payload(self, size: int | None) -> WebSocketRule:
         """Bound a whole incoming message, after decompression (``None``: no bound)."""
         self._max_payload = _check_payload(size)
-        self._factory = None
+        self.reset_factory()
         return self
 
     def subprotocols(self, protocols: Iterable[str]) -> WebSocketRule:
@@ -114,7 +114,7 @@ class WebSocketRule:
     def compression(self, enabled: bool) -> WebSocketRule:
         """Turn permessage-deflate on or off for this route (default: the app's setting)."""
         self._compression = bool(enabled)
-        self._factory = None
+        self.reset_factory()
         return self
 
     @property
@@ -148,7 +148,17 @@ class WebSocketRule:
             from .protocol import build_factory
 
             self._factory = build_factory(self)
+            self._factory.start()
         return self._factory
+
+    def reset_factory(self) -> None:
+        """Stop the current factory; the next connection gets one built from the current settings.
+
+        Connections already open keep the settings they started with.
+        """
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.stop()
 
     def _opened(self, conn: Connection) -> None:
         self._open[conn] = None

@@ -1,0 +1,45 @@
+"""Package-level promises: the public names, py.typed, and the NVX check at import time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import crowtwist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_public_names() -> None:
+    """The package's __all__ lists the Crow-named API."""
+    assert {"Crow", "Response", "Connection", "WebSocketRule", "ConnectionsView"} <= set(crowtwist.__all__)
+    for name in crowtwist.__all__:
+        assert hasattr(crowtwist, name)
+
+
+def test_py_typed_is_shipped() -> None:
+    """crowtwist ships a py.typed marker."""
+    assert (ROOT / "crowtwist" / "py.typed").exists()
+
+
+def test_nvx_in_use() -> None:
+    """Where autobahn ships its NVX accelerators, crowtwist runs with them."""
+    from autobahn.websocket import HAS_NVX
+
+    assert crowtwist.accelerated() == HAS_NVX
+
+
+def test_nvx_disabled_is_reported_at_import() -> None:
+    """Importing crowtwist with NVX turned off says so once, as a RuntimeWarning."""
+    from autobahn.websocket import HAS_NVX
+
+    if not HAS_NVX:
+        return
+    env = dict(os.environ, AUTOBAHN_USE_NVX="0", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import crowtwist"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stderr.count("NVX accelerators are installed but disabled") == 1
