@@ -16,7 +16,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,11 +73,11 @@ class RuleFactory(WebSocketServerFactory):
 
     def start(self) -> None:
         """Start the factory, as a listening port would (the leaf shares a Site's port)."""
-        Factory.doStart(self)
+        super().doStart()  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
 
     def stop(self) -> None:
         """Stop the factory; open connections are not touched."""
-        Factory.doStop(self)
+        super().doStop()  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
 
     def build(self, address: IAddress) -> CrowServerProtocol:
         """A protocol for one upgraded connection."""
