@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 
 from .http import HttpRule
@@ -186,8 +187,11 @@ class Crow:
         """Close every open WebSocket and fire once each one's ``onclose`` has run.
 
         A peer that does not answer is dropped after ``settings.close_timeout``
-        (autobahn's close handshake timeout), so this ends.
+        (autobahn's close handshake timeout).  An ``onclose`` that never
+        finishes is given as long again, then left behind, so this always ends.
         """
+        from twisted.internet import reactor
+
         waits: list[Deferred[Any]] = []
         for conn in list(self.connections()):
             protocol = conn._protocol
@@ -197,8 +201,15 @@ class Crow:
             conn.close(reason, code)
         if not waits:
             return succeed(None)
-        done: Deferred[None] = DeferredList(waits).addCallback(lambda _: None)
-        return done
+        log.info("closing {count} WebSocket connection(s): {code} {reason}", count=len(waits), code=code, reason=reason)
+        done: Deferred[Any] = DeferredList(waits)
+        done.addTimeout(2 * self.settings.close_timeout + 1, reactor)
+
+        def gave_up(failure: Any) -> None:
+            failure.trap(TimeoutError, DeferredTimeoutError)
+            log.warn("some WebSocket connections had not finished closing; stopping anyway")
+
+        return done.addCallbacks(lambda _: None, gave_up)
 
     def service(self, *endpoints: IStreamServerEndpoint | str) -> MultiService:
         """An ``IService`` listening on ``endpoints`` (Twisted endpoint strings or objects).

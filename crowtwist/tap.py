@@ -11,9 +11,10 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
@@ -164,11 +165,17 @@ def makeService(options: Options) -> IService:
         service = app.service(*options["listen"])
     except (ValueError, TypeError, KeyError) as error:
         raise _fail(f"bad --listen endpoint: {error}") from None
-    return _OneLineErrors(service)
+    return _TwistdService(service)
 
 
-class _OneLineErrors(MultiService):
-    """Turns a port that cannot be had into one line and exit status 1."""
+class _TwistdService(MultiService):
+    """The app's service as twistd runs it.
+
+    A port that cannot be had becomes one line and exit status 1.  A stop
+    on SIGTERM or SIGINT that closed every WebSocket is a clean shutdown, so
+    the process exits 0 rather than re-raising the signal on itself (what
+    twistd does by default), and supervisors see a completed stop.
+    """
 
     def __init__(self, inner: MultiService) -> None:
         MultiService.__init__(self)
@@ -179,3 +186,15 @@ class _OneLineErrors(MultiService):
             MultiService.privilegedStartService(self)
         except CannotListenError as error:
             raise _fail(f"cannot listen on {error.interface or '*'}:{error.port}: {error.socketError}") from None
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = MultiService.stopService(self)
+        return stopped.addCallback(_clean_exit)
+
+
+def _clean_exit(_: object) -> None:
+    from twisted.internet import reactor
+
+    if getattr(reactor, "_exitSignal", None) is not None:
+        # _ISupportsExitSignalCapturing: the signal twistd would re-raise at exit.
+        cast(Any, reactor)._exitSignal = None
