@@ -70,6 +70,7 @@ class RuleFactory(WebSocketServerFactory):
         # server=None: the 101 carries no Server header naming autobahn's version.
         WebSocketServerFactory.__init__(self, server=None)
         self.rule = rule
+        self.compression = rule.effective_compression
 
     def start(self) -> None:
         """Start the factory, as a listening port would (the leaf shares a Site's port)."""
@@ -87,11 +88,25 @@ class RuleFactory(WebSocketServerFactory):
         return protocol
 
 
-def _deflate_acceptor(max_payload: int | None) -> Callable[[Sequence[object]], object]:
+def _deflate_acceptor(
+    max_payload: int | None, client_bits: int = 0
+) -> Callable[[Sequence[object]], object]:
+    """Accept the first permessage-deflate offer, agreeing to what the client offered.
+
+    The client's ``client_no_context_takeover`` is taken up (our inflater can
+    then forget each message, which saves memory), and a ``client_max_window_bits``
+    value it offered is confirmed, as RFC 7692 section 7.1.2 allows.
+    """
+
     def accept(offers: Sequence[object]) -> object:
         for offer in offers:
             if isinstance(offer, PerMessageDeflateOffer):
-                return PerMessageDeflateOfferAccept(offer, max_message_size=max_payload)
+                return PerMessageDeflateOfferAccept(
+                    offer,
+                    request_no_context_takeover=bool(offer.accept_no_context_takeover),
+                    request_max_window_bits=client_bits if offer.accept_max_window_bits else 0,
+                    max_message_size=max_payload,
+                )
         return None
 
     return accept
@@ -99,6 +114,16 @@ def _deflate_acceptor(max_payload: int | None) -> Callable[[Sequence[object]], o
 
 def _decline(offers: Sequence[object]) -> None:
     return None
+
+
+def _offered_client_bits(extensions: Sequence[tuple[str, dict[str, list[object]]]]) -> int:
+    for name, params in extensions:
+        if name == "permessage-deflate":
+            value = params.get("client_max_window_bits", [True])[0]
+            if isinstance(value, str) and value.isdigit() and 9 <= int(value) <= 15:
+                return int(value)
+            return 0
+    return 0
 
 
 def build_factory(rule: WebSocketRule) -> RuleFactory:
@@ -176,6 +201,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
         )
         self._wskey = key
         self._upgrade = (params, userdata)
+        if self.factory.compression:
+            self.perMessageCompressionAccept = _deflate_acceptor(
+                self._rule.effective_max_payload, _offered_client_bits(self.websocket_extensions)
+            )
         self.succeedHandshake(subprotocol)
 
     def is_sendable(self) -> bool:
