@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -16,6 +16,8 @@ from twisted.logger import Logger
 from .http import HttpRule
 from .resource import Endpoint, RouteResource
 from .routing import ParamType, RouteNode, parse_pattern
+from .site import CrowSite
+from .websocket.origin import OriginPolicy
 from .websocket.rule import WebSocketRule, _check_payload
 
 if TYPE_CHECKING:
@@ -31,6 +33,8 @@ DEFAULT_PORT = 18080
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_KEEP: Any = object()
 
 
 def _env_flag(name: str) -> bool:
@@ -51,10 +55,20 @@ class Settings:
     """Accept ``Origin: null`` (sandboxed pages, files)."""
     close_timeout: float = 5.0
     """Seconds to wait for the peer's close frame before dropping the connection."""
-    keepalive_interval: float | None = None
+    keepalive_interval: float | None = 20.0
     """Seconds between server pings; ``None``: no pings."""
-    keepalive_timeout: float | None = None
-    """Seconds to wait for a pong before dropping the connection."""
+    keepalive_timeout: float | None = 20.0
+    """Seconds to wait for a pong before closing with 1011."""
+    handshake_timeout: float | None = 10.0
+    """Seconds from TCP accept (or a request's first byte) to the end of its head, and to the 101."""
+    max_send_buffer: int | None = 4 * 1024 * 1024
+    """Bytes a connection may have queued for a peer that does not read; ``None``: no bound."""
+    send_buffer_policy: str = "close"
+    """Over ``max_send_buffer``: ``"close"`` (1008) or ``"wait"`` (the app awaits ``drained()``)."""
+    max_connections: int | None = None
+    """Open WebSockets the app takes at once; more get 503.  ``None``: no cap."""
+    allowed_origins: tuple[str, ...] | None = None
+    """Origins allowed to open WebSockets (see ``websocket/origin.py``); ``None``: any."""
 
 
 class Route:
@@ -147,6 +161,54 @@ class Crow:
         self._reset_factories()
         return self
 
+    def websocket_limits(
+        self,
+        *,
+        max_connections: int | None | object = _KEEP,
+        max_send_buffer: int | None | object = _KEEP,
+        send_buffer_policy: str | object = _KEEP,
+        keepalive_interval: float | None | object = _KEEP,
+        keepalive_timeout: float | None | object = _KEEP,
+        handshake_timeout: float | None | object = _KEEP,
+        close_timeout: float | object = _KEEP,
+    ) -> Crow:
+        """Change the app-wide WebSocket limits named; see ``Settings`` for each default."""
+        settings = self.settings
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_send_buffer", max_send_buffer),
+            ("keepalive_interval", keepalive_interval),
+            ("keepalive_timeout", keepalive_timeout),
+            ("handshake_timeout", handshake_timeout),
+            ("close_timeout", close_timeout),
+        ):
+            if value is not _KEEP:
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                    raise ValueError(f"{name} must be a positive number or None, not {value!r}")
+                if value is None and name == "close_timeout":
+                    raise ValueError("close_timeout may not be None")
+                setattr(settings, name, value)
+        if send_buffer_policy is not _KEEP:
+            if send_buffer_policy not in ("close", "wait"):
+                raise ValueError(f"send_buffer_policy must be 'close' or 'wait', not {send_buffer_policy!r}")
+            settings.send_buffer_policy = str(send_buffer_policy)
+        self._reset_factories()
+        return self
+
+    def websocket_allowed_origins(self, origins: Iterable[str] | None) -> Crow:
+        """Only pages from these origins may open WebSockets (403 otherwise); ``None``: any."""
+        if origins is None:
+            self.settings.allowed_origins = None
+        else:
+            origins = tuple(origins)
+            OriginPolicy(origins)  # malformed patterns fail here, not at request time
+            self.settings.allowed_origins = origins
+        return self
+
+    def site(self) -> CrowSite:
+        """A twisted.web ``Site`` serving ``resource()``, with the handshake deadline."""
+        return CrowSite(self.resource(), handshake_timeout=self.settings.handshake_timeout)
+
     def port(self, port: int) -> Crow:
         """The port ``run`` listens on (Crow's ``app.port(18080)``)."""
         self._port = int(port)
@@ -219,12 +281,10 @@ class Crow:
         """
         from twisted.internet import reactor
         from twisted.internet.endpoints import serverFromString
-        from twisted.web.server import Site
 
         if not endpoints:
             endpoints = (f"tcp:{self._port}:interface={self._host}",)
-        site = Site(self.resource())
-        site.displayTracebacks = False
+        site = self.site()
         top = MultiService()
         top.addService(_Closer(self))
         for endpoint in endpoints:

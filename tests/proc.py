@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,13 @@ class Server:
     """A server process; ``stop()`` sends SIGTERM and waits, bounded."""
 
     def __init__(self, args: list[str], cwd: Path = ROOT, environ: dict[str, str] | None = None) -> None:
+        # A file, not a pipe: nobody reads while the server runs, and a full pipe would block it.
+        self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             args,
             cwd=cwd,
             env=environ or env(),
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
         )
@@ -66,8 +69,9 @@ class Server:
         raise AssertionError(f"no socket at {path} within {seconds}s:\n{self.stop()}")
 
     def finish(self, seconds: float = 30.0) -> str:
-        out, _ = self.process.communicate(timeout=seconds)
-        self.output += out
+        self.process.wait(timeout=seconds)
+        self._log.seek(0)
+        self.output = self._log.read()
         return self.output
 
     def stop(self, sig: int = signal.SIGTERM, seconds: float = 30.0) -> str:

@@ -20,28 +20,16 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .._handlers import as_deferred
+from .._headers import header_tokens, wants_upgrade
 from ..http import Response, write_response
+from ..site import DeadlineChannel
 
 if TYPE_CHECKING:
     from .rule import WebSocketRule
 
-__all__ = ["WebSocketLeaf", "header_tokens"]
+__all__ = ["WebSocketLeaf", "wants_upgrade"]
 
 log = Logger(namespace="crowtwist")
-
-
-def header_tokens(request: Request, name: bytes, lower: bool = True) -> list[str]:
-    """The comma-separated tokens of every ``name`` header (lower-cased unless ``lower`` is false)."""
-    tokens: list[str] = []
-    for value in request.requestHeaders.getRawHeaders(name, []):
-        text = value.decode("latin-1")
-        tokens.extend(t.strip() for t in (text.lower() if lower else text).split(","))
-    return [t for t in tokens if t]
-
-
-def wants_upgrade(request: Request) -> bool:
-    """Whether the request asks to switch to WebSocket."""
-    return "websocket" in header_tokens(request, b"upgrade")
 
 
 def _valid_key(value: bytes | None) -> bool:
@@ -85,6 +73,24 @@ class WebSocketLeaf(WebSocketResource):
             # HTTP/2 and other channels that cannot give their transport away.
             return write_response(request, _UPGRADE_REQUIRED)
 
+        origins = self.rule.origin_policy()
+        if origins is not None:
+            origin = request.getHeader(b"origin")
+            if not origins.allows(None if origin is None else origin.decode("latin-1")):
+                log.warn(
+                    "WebSocket upgrade to {route} refused for {peer}: origin {origin!r} not allowed",
+                    route=self.rule.pattern,
+                    peer=_client_host(request),
+                    origin=origin,
+                )
+                return write_response(request, Response(403, "403 Forbidden: origin not allowed\n"))
+        if self.rule.over_capacity():
+            log.warn(
+                "WebSocket upgrade to {route} refused for {peer}: connection cap reached",
+                route=self.rule.pattern,
+                peer=_client_host(request),
+            )
+            return write_response(request, Response(503, "503 Service Unavailable: too many connections\n"))
         if not hasattr(request, "userdata"):
             # Crow's void** userdata: onaccept may set it; the connection carries it.
             cast(Any, request).userdata = None
@@ -148,6 +154,8 @@ class WebSocketLeaf(WebSocketResource):
     def _take_over(self, request: Request) -> None:
         channel: Any = request.channel
         transport = channel.transport
+        if isinstance(channel, DeadlineChannel):
+            channel.upgraded()
         protocol = self.rule.factory.build(transport.getPeer())
         # The HTTP channel registered itself as the transport's producer and
         # would keep itself (and this request) alive through it.

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .._handlers import Handler
 from .connection import Connection
+from .origin import OriginPolicy
 
 if TYPE_CHECKING:
     from ..app import Crow
@@ -59,6 +60,9 @@ class WebSocketRule:
         self._max_payload: int | None = _UNSET
         self._compression: bool | None = None
         self.offered_subprotocols: tuple[str, ...] = ()
+        self._max_connections: int | None = None
+        self._origins: OriginPolicy | None = None
+        self._origins_key: object = None
         self._open: dict[Connection, None] = {}
         self.connections = ConnectionsView(self._open)
         self._factory: RuleFactory | None = None
@@ -116,6 +120,39 @@ class WebSocketRule:
         self._compression = bool(enabled)
         self.reset_factory()
         return self
+
+    def max_connections(self, count: int | None) -> WebSocketRule:
+        """At most ``count`` open connections on this route; more get 503 (``None``: no cap)."""
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count <= 0):
+            raise ValueError(f"route {self.pattern!r}: max_connections must be a positive int or None")
+        self._max_connections = count
+        return self
+
+    def allowed_origins(self, origins: Iterable[str] | None) -> WebSocketRule:
+        """Only pages from these origins may connect to this route (403 otherwise)."""
+        self._origins = None if origins is None else OriginPolicy(origins)
+        self._origins_key = _UNSET if origins is None else None
+        return self
+
+    def over_capacity(self) -> bool:
+        """Whether a new connection would pass this route's or the app's cap."""
+        if self._max_connections is not None and len(self._open) >= self._max_connections:
+            return True
+        cap = self.app.settings.max_connections
+        return cap is not None and sum(len(rule._open) for rule in self.app.websocket_rules) >= cap
+
+    def origin_policy(self) -> OriginPolicy | None:
+        """The origins this route accepts: its own list, else the app's, else any (``None``)."""
+        if self._origins is not None:
+            return self._origins
+        settings = self.app.settings
+        if settings.allowed_origins is None:
+            return None
+        key = (settings.allowed_origins, settings.allow_null_origin)
+        if self._origins_key != key:
+            self._app_origins = OriginPolicy(settings.allowed_origins, settings.allow_null_origin)
+            self._origins_key = key
+        return self._app_origins
 
     @property
     def effective_max_payload(self) -> int | None:
