@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from .app import DEFAULT_PORT, Crow
+from .websocket.origin import OriginPolicy
 
 __all__ = ["Options", "load_app", "makeService"]
 
@@ -102,9 +103,15 @@ class Options(usage.Options):
         ["routes", "r", None, "Module defining the app: MODULE or MODULE:ATTRIBUTE."],
         ["port", "p", None, "Shorthand for --listen tcp:PORT."],
         ["max-payload", None, None, "Largest incoming message in bytes, after decompression ('none': no bound)."],
-        ["keepalive-interval", None, None, "Seconds between server pings ('off': no pings)."],
-        ["keepalive-timeout", None, None, "Seconds to wait for a pong before dropping the connection."],
-        ["close-timeout", None, None, "Seconds to wait for the peer's close frame before dropping it."],
+        ["keepalive-interval", None, None, "Seconds between server pings ('off': no pings). [default: 20]"],
+        ["keepalive-timeout", None, None, "Seconds to wait for a pong before closing with 1011. [default: 20]"],
+        ["close-timeout", None, None, "Seconds to wait for the peer's close frame before dropping it. [default: 5]"],
+        ["handshake-timeout", None, None,
+         "Seconds from TCP accept to a complete request head and to the 101 ('off': none). [default: 10]"],
+        ["max-send-buffer", None, None,
+         "Bytes a connection may leave unread by a slow peer ('none': no bound). [default: 4194304]"],
+        ["send-buffer-policy", None, None, "Over --max-send-buffer: 'close' (1008) or 'wait'. [default: close]"],
+        ["max-connections", None, None, "Open WebSockets at once; more get 503 ('none': no cap)."],
     ]
     optFlags = [
         ["enforce-ws-spec", None, "Require masked client frames (Crow's CROW_ENFORCE_WS_SPEC)."],
@@ -114,6 +121,12 @@ class Options(usage.Options):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["listen"] = []
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, pattern: str) -> None:
+        """An origin allowed to open WebSockets (scheme://host[:port], '*' wildcards in the
+        host); repeatable; others get 403. [default: any]"""
+        self["allowed-origin"].append(pattern)
 
     def opt_listen(self, description: str) -> None:
         """A Twisted endpoint to listen on, e.g. tcp:18080:interface=127.0.0.1,
@@ -122,18 +135,25 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def postOptions(self) -> None:
+        self.given = {name for name in self.keys() if self[name] is not None}
         if not self["routes"]:
             raise _fail("--routes MODULE is required (e.g. --routes examples.echo)")
         if self["port"] is not None:
             self["listen"].append(f"tcp:{_positive('port', self['port'], int, allow_none=False)}")
         if not self["listen"]:
             self["listen"].append(f"tcp:{DEFAULT_PORT}")
-        for name in ("max-payload",):
+        for name in ("max-payload", "max-send-buffer", "max-connections"):
             if self[name] is not None:
                 self[name] = _positive(name, self[name], int)
-        for name in ("keepalive-interval", "keepalive-timeout", "close-timeout"):
+        for name in ("keepalive-interval", "keepalive-timeout", "close-timeout", "handshake-timeout"):
             if self[name] is not None:
                 self[name] = _positive(name, self[name], float, allow_none=name != "close-timeout")
+        if self["send-buffer-policy"] not in (None, "close", "wait"):
+            raise _fail(f"--send-buffer-policy is 'close' or 'wait', not {self['send-buffer-policy']!r}")
+        try:
+            OriginPolicy(self["allowed-origin"])
+        except ValueError as error:
+            raise _fail(f"--allowed-origin: {error}") from None
 
 
 def configure(app: Crow, options: Options) -> None:
@@ -143,14 +163,23 @@ def configure(app: Crow, options: Options) -> None:
         settings.enforce_ws_spec = True
     if options["no-compression"]:
         settings.compression = False
-    if options["max-payload"] is not None or (options["max-payload"] is None and False):
-        settings.websocket_max_payload = options["max-payload"]
-    if options["keepalive-interval"] is not None:
-        settings.keepalive_interval = options["keepalive-interval"]
-    if options["keepalive-timeout"] is not None:
-        settings.keepalive_timeout = options["keepalive-timeout"]
-    if options["close-timeout"] is not None:
-        settings.close_timeout = options["close-timeout"]
+    # The option parser stores None both for "not given" and for "none"/"off";
+    # only the options actually on the command line override the module.
+    given = set(options.given)
+    for option, attribute in (
+        ("max-payload", "websocket_max_payload"),
+        ("keepalive-interval", "keepalive_interval"),
+        ("keepalive-timeout", "keepalive_timeout"),
+        ("close-timeout", "close_timeout"),
+        ("handshake-timeout", "handshake_timeout"),
+        ("max-send-buffer", "max_send_buffer"),
+        ("max-connections", "max_connections"),
+        ("send-buffer-policy", "send_buffer_policy"),
+    ):
+        if option in given:
+            setattr(settings, attribute, options[option])
+    if options["allowed-origin"]:
+        settings.allowed_origins = tuple(options["allowed-origin"])
     app._reset_factories()
 
 

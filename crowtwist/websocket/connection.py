@@ -59,6 +59,8 @@ class Connection:
         "_writable",
         "_drain_waiters",
         "_thread",
+        "_unread",
+        "_unread_limit",
         "__weakref__",
     )
 
@@ -83,6 +85,9 @@ class Connection:
         self._drain_waiters: list[Deferred[None]] = []
         # Made by the protocol, so on the reactor thread: sends from others hop over.
         self._thread = get_ident()
+        # Bytes sent since the transport asked us to pause: roughly what the peer has not read.
+        self._unread = 0
+        self._unread_limit = rule.app.settings.max_send_buffer
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -121,6 +126,11 @@ class Connection:
         protocol = self._protocol
         if protocol is not None and protocol.state == _OPEN:
             protocol.send_message(payload, is_binary)
+            if not self._writable:
+                self._unread += len(payload)
+                limit = self._unread_limit
+                if limit is not None and self._unread > limit:
+                    protocol.send_buffer_exceeded(self._unread)
 
     def send_ping(self, data: bytes = b"") -> None:
         """Send a ping (at most 125 bytes of payload)."""
@@ -168,6 +178,8 @@ class Connection:
 
     def _set_writable(self, writable: bool) -> None:
         self._writable = writable
+        if writable:
+            self._unread = 0
         if writable and self._drain_waiters:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from .._handlers import Handler, as_deferred
@@ -30,7 +31,9 @@ _Event = tuple[Handler, tuple[Any, ...], bool]
 class EventQueue:
     """Serialises handler calls for one connection."""
 
-    __slots__ = ("_queue", "_running", "_waiting", "_paused", "_failed", "_pause", "_resume", "_on_failure")
+    __slots__ = (
+        "_queue", "_running", "_waiting", "_paused", "_failed", "_pending", "_pause", "_resume", "_on_failure",
+    )
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class EventQueue:
         self._waiting = False
         self._paused = False
         self._failed = False
+        self._pending: Deferred[Any] | None = None
         self._pause = pause
         self._resume = resume
         self._on_failure = failed
@@ -108,14 +112,22 @@ class EventQueue:
         if pending is None:
             return
         self._waiting = True
+        self._pending = pending
         pending.addCallbacks(self._settled, self._errored, errbackArgs=(handler.event,))
         if self._waiting and not self._paused:
             # Still pending after addCallbacks: a real wait, so stop reading.
             self._paused = True
             self._pause()
 
+    def cancel_pending(self) -> None:
+        """Cancel the handler result being waited for, if any (its connection is gone)."""
+        pending = self._pending
+        if pending is not None and self._waiting:
+            pending.cancel()
+
     def _settled(self, _: object) -> None:
         self._waiting = False
+        self._pending = None
         if self._running:
             # Fired synchronously inside _drain's addCallbacks: its loop goes on.
             return

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +42,7 @@ _CROW_MESSAGES = {
 
 _CLIENT_GOING_AWAY = 1001
 _INTERNAL_ERROR = 1011
+_POLICY_VIOLATION = 1008
 
 
 @implementer(IPushProducer)
@@ -275,6 +276,29 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self._report_error(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"))
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
 
+    def onAutoPingTimeout(self) -> None:
+        # autobahn drops the TCP connection here; a close frame with 1011 tells
+        # a peer that is merely slow why, and the close timeout still bounds it.
+        if self.state != _STATE_OPEN:
+            WebSocketServerProtocol.onAutoPingTimeout(self)
+            return
+        self.autoPingTimeoutCall = None
+        self.sendCloseFrame(code=_INTERNAL_ERROR, reasonUtf8=b"keepalive ping timeout", isReply=False)
+
+    def send_buffer_exceeded(self, queued: int) -> None:
+        """The peer left more than ``max_send_buffer`` bytes unread: apply the policy."""
+        settings = self._rule.app.settings
+        if settings.send_buffer_policy != "close" or self.state != _STATE_OPEN:
+            return
+        log.warn(
+            "WebSocket {route} to {peer}: {queued} bytes unread (limit {limit}); closing with 1008",
+            route=self._rule.pattern,
+            peer=self.conn.get_remote_ip() if self.conn is not None else "?",
+            queued=queued,
+            limit=settings.max_send_buffer,
+        )
+        self.sendCloseFrame(code=_POLICY_VIOLATION, reasonUtf8=b"peer too slow: send buffer full", isReply=False)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         conn = self.conn
         if conn is None or self._close_reported:
@@ -282,6 +306,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 self.closed.callback(None)
             return
         self._close_reported = True
+        # A handler still pending (a Deferred that may never fire) must not hold onclose back.
+        self._events.cancel_pending()
         rule = self._rule
         rule._closed(conn)
         conn._detach()
@@ -318,6 +344,14 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     def _handler_failed(self, failure: Failure, event: str) -> None:
         rule = self._rule
+        if failure.check(CancelledError) and self._close_reported:
+            log.info(
+                "{event} handler of WebSocket route {route} was still pending when its connection"
+                " closed; cancelled it",
+                event=event,
+                route=rule.pattern,
+            )
+            return
         peer = self.conn.get_remote_ip() if self.conn is not None else "?"
         log.failure(
             "{event} handler of WebSocket route {route} raised (peer {peer})",

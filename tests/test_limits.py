@@ -1,0 +1,271 @@
+"""Limits with defaults a user can see and change: origins, connection caps, deadlines,
+keepalive, close timeout, send buffer, hanging handlers."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from crowtwist import Connection, Crow
+from crowtwist.tap import Options, configure
+from crowtwist.websocket.origin import OriginPolicy
+
+from . import frames as F
+from .clients import connect_raw, listen, within
+from .conftest import LogCapture
+from .memory import MemoryClient
+from .test_end_to_end import wait_until
+
+
+@pytest.fixture
+def site_port() -> Iterator[Any]:
+    """Serve app.site() (the deadline-keeping Site) on a random 127.0.0.1 port."""
+    ports: list[Any] = []
+
+    def start(app: Crow) -> int:
+        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        ports.append(port)
+        return int(port.getHost().port)
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+def test_defaults_are_documented_values() -> None:
+    """The defaults docs/limits.md lists are the ones in force."""
+    s = Crow().settings
+    assert (s.websocket_max_payload, s.keepalive_interval, s.keepalive_timeout) == (16 << 20, 20.0, 20.0)
+    assert (s.handshake_timeout, s.close_timeout, s.max_send_buffer) == (10.0, 5.0, 4 << 20)
+    assert (s.send_buffer_policy, s.max_connections, s.allowed_origins) == ("close", None, None)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "origin", "allowed"),
+    [
+        (["https://app.example"], "https://app.example", True),
+        (["https://app.example"], "http://app.example", False),
+        (["https://app.example"], "https://app.example:8443", False),
+        (["https://*.example"], "https://a.b.example", True),
+        (["https://*.example"], "https://example", False),
+        (["app.example"], "http://app.example", True),
+        (["app.example:*"], "https://app.example:8443", True),
+        (["https://app.example"], None, True),
+        (["https://app.example"], "null", True),
+        (["https://app.example"], "https://app.example/path", False),
+        (["https://app.example"], "garbage", False),
+    ],
+)
+def test_origin_patterns(patterns: list[str], origin: str | None, allowed: bool) -> None:
+    """Origin patterns match scheme, host and port, with * wildcards in the host."""
+    assert OriginPolicy(patterns).allows(origin) is allowed
+
+
+def test_origin_pattern_errors() -> None:
+    """A pattern with a path is refused when it is declared."""
+    with pytest.raises(ValueError, match="has a path"):
+        Crow().websocket_allowed_origins(["https://a.example/x"])
+
+
+def test_disallowed_origin_gets_403_before_onaccept() -> None:
+    """A browser page from another origin gets 403, and onaccept never runs."""
+    app = Crow().websocket_allowed_origins(["https://app.example"])
+    app.settings.allow_null_origin = False
+    seen: list[str] = []
+    app.route("/ws").websocket().onaccept(lambda req: seen.append("accept") or True)
+    assert MemoryClient(app, "/ws", {"Origin": "https://evil.example"}).status == 403
+    assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 403
+    assert seen == []
+    assert MemoryClient(app, "/ws", {"Origin": "https://app.example"}).status == 101
+    assert MemoryClient(app, "/ws").status == 101
+    assert seen == ["accept", "accept"]
+
+
+def test_route_origins_override_app() -> None:
+    """A route's allowed_origins replaces the app's."""
+    app = Crow().websocket_allowed_origins(["https://app.example"])
+    app.route("/open").websocket().allowed_origins(["*"])
+    assert MemoryClient(app, "/open", {"Origin": "https://other.example"}).status == 101
+
+
+def test_connection_caps_answer_503() -> None:
+    """Over a route's or the app's cap, the upgrade gets 503; a closed connection frees its place."""
+    app = Crow()
+    app.route("/one").websocket().max_connections(1)
+    app.route("/any").websocket()
+    first = MemoryClient(app, "/one")
+    assert first.status == 101
+    assert MemoryClient(app, "/one").status == 503
+    first.drop()
+    assert MemoryClient(app, "/one").status == 101
+    app.websocket_limits(max_connections=2)
+    assert MemoryClient(app, "/any").status == 101
+    assert MemoryClient(app, "/any").status == 503
+
+
+def test_limit_arguments_are_checked() -> None:
+    """Nonsense limits are refused with ValueError."""
+    with pytest.raises(ValueError):
+        Crow().websocket_limits(max_connections=0)
+    with pytest.raises(ValueError):
+        Crow().websocket_limits(send_buffer_policy="drop")
+    with pytest.raises(ValueError):
+        Crow().websocket_limits(close_timeout=None)
+    with pytest.raises(ValueError):
+        Crow().route("/ws").websocket().max_connections(-1)
+
+
+def test_twistd_options_override_limits() -> None:
+    """twistd crow options set the limits; 'none' and 'off' lift them, omitted ones keep the module's."""
+    app = Crow().websocket_limits(max_connections=7)
+    options = Options()
+    options.parseOptions(
+        ["--routes", "x", "--keepalive-interval", "off", "--handshake-timeout", "3", "--max-send-buffer", "1000",
+         "--send-buffer-policy", "wait", "--allowed-origin", "https://a.example", "--allowed-origin", "b.example"]
+    )
+    configure(app, options)
+    s = app.settings
+    assert (s.keepalive_interval, s.handshake_timeout, s.max_send_buffer) == (None, 3.0, 1000)
+    assert s.send_buffer_policy == "wait" and s.max_connections == 7
+    assert s.allowed_origins == ("https://a.example", "b.example")
+
+
+def test_hanging_handler_does_not_hold_onclose(logs: LogCapture) -> None:
+    """A handler whose Deferred never fires is cancelled when the connection goes; onclose still runs once."""
+    app = Crow()
+    seen: list[Any] = []
+    (
+        app.route("/ws")
+        .websocket()
+        .onmessage(lambda conn, data, is_binary: Deferred())
+        .onerror(lambda conn, message: seen.append("error"))
+        .onclose(lambda conn, reason, code: seen.append(("close", code)))
+    )
+    client = MemoryClient(app, "/ws")
+    client.send_text("hang")
+    client.send_text("queued behind it")
+    assert client.transport.producerState == "paused"
+    client.drop()
+    assert seen == [("close", 1006)]
+    assert not logs.failures()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slowloris_is_cut_at_the_deadline(site_port: Any) -> Iterator[Any]:
+    """A client that never finishes its request head is disconnected at the deadline; others are served."""
+    app = Crow().websocket_limits(handshake_timeout=0.5)
+    app.route("/ws").websocket().onmessage(lambda conn, data, is_binary: conn.send_text(str(data)))
+    port = site_port(app)
+    slow = yield connect_raw(port)
+    slow.transport.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    silent = yield connect_raw(port)  # connects and sends nothing at all
+    started = reactor.seconds()  # type: ignore[attr-defined]
+    fast = yield connect_raw(port)
+    head = yield fast.handshake("/ws")
+    assert head.startswith(b"HTTP/1.1 101")
+    yield within(slow.lost, 5)
+    yield within(silent.lost, 5)
+    assert 0.4 < reactor.seconds() - started < 3  # type: ignore[attr-defined]
+    fast.transport.write(F.encode(F.TEXT, b"still here"))
+    frames = yield fast.next_frames()
+    assert frames[0].payload == b"still here"
+    fast.transport.loseConnection()
+
+
+def test_oversized_request_head_is_refused() -> None:
+    """twisted.web's bounds hold: a 20 KB header line is cut off, 20 KB of headers get 400."""
+    app = Crow()
+    app.route("/ws").websocket()
+    long_line = MemoryClient(app, raw=F.handshake("/ws", {"X-Big": "a" * 20000}))
+    assert long_line.status_line == "" and long_line.transport.disconnecting
+    many = MemoryClient(app, raw=F.handshake("/ws", {f"X-{i}": "a" * 100 for i in range(200)}))
+    assert many.status == 400 and many.transport.disconnecting
+
+
+@pytest_twisted.inlineCallbacks
+def test_keepalive_timeout_closes_with_1011(site_port: Any) -> Iterator[Any]:
+    """A peer that never answers pings gets a close frame 1011; onerror says why."""
+    app = Crow().websocket_limits(keepalive_interval=0.2, keepalive_timeout=0.3, close_timeout=0.5)
+    seen: list[Any] = []
+    (
+        app.route("/ws")
+        .websocket()
+        .onerror(lambda conn, message: seen.append(message))
+        .onclose(lambda conn, reason, code: seen.append(code))
+    )
+    port = site_port(app)
+    client = yield connect_raw(port)
+    yield client.handshake("/ws")
+
+    def close_frame() -> F.Frame | None:
+        return next((f for f in client.frames if f.opcode == F.CLOSE), None)
+
+    frame = yield client.wait_for(close_frame)
+    assert frame.close_code == 1011
+    assert any(f.opcode == F.PING for f in client.frames)
+    yield within(client.lost)
+    yield wait_until(lambda: 1006 in seen)
+    assert seen == ["keepalive ping timeout", 1006]
+
+
+@pytest_twisted.inlineCallbacks
+def test_close_timeout_drops_a_silent_peer(site_port: Any) -> Iterator[Any]:
+    """A peer that never answers our close frame is dropped after close_timeout; onclose runs once, 1006."""
+    app = Crow().websocket_limits(close_timeout=1.0, keepalive_interval=None)
+    seen: list[Any] = []
+    (
+        app.route("/ws")
+        .websocket()
+        .onmessage(lambda conn, data, is_binary: conn.close("bye", 1000))
+        .onclose(lambda conn, reason, code: seen.append((reason, code)))
+    )
+    port = site_port(app)
+    client = yield connect_raw(port)
+    yield client.handshake("/ws")
+    client.transport.write(F.encode(F.TEXT, b"close me"))
+    frames = yield client.next_frames()
+    assert frames[0].close_code == 1000
+    yield within(client.lost, 5)
+    yield wait_until(lambda: bool(seen))
+    assert seen == [("uncleanly", 1006)]
+
+
+@pytest.mark.parametrize("policy", ["close", "wait"])
+@pytest_twisted.inlineCallbacks
+def test_send_buffer_bound(site_port: Any, policy: str) -> Iterator[Any]:
+    """Past max_send_buffer for a peer that does not read: 'close' sends 1008, 'wait' keeps every message."""
+    app = Crow().websocket_limits(max_send_buffer=1 << 20, send_buffer_policy=policy, keepalive_interval=None)
+    chunk = b"z" * (256 * 1024)
+    count = 40  # 10 MiB, far past the bound and the socket buffers
+
+    state: dict[str, bool] = {}
+
+    def flood(conn: Connection) -> None:
+        for i in range(count):
+            conn.send_binary(i.to_bytes(4, "big") + chunk)
+        state["unwritable"] = not conn.writable
+
+    app.route("/ws").websocket().onopen(flood)
+    port = site_port(app)
+    client = yield connect_raw(port)
+    client.transport.pauseProducing()
+    client.transport.write(F.handshake("/ws"))
+    yield wait_until(lambda: "unwritable" in state)
+    assert state["unwritable"]
+    client.transport.resumeProducing()
+    if policy == "close":
+        def close_frame() -> F.Frame | None:
+            return next((f for f in client.frames if f.opcode == F.CLOSE), None)
+
+        frame = yield client.wait_for(close_frame)
+        assert frame.close_code == 1008
+    else:
+        frames = yield client.next_frames(count)
+        assert [int.from_bytes(f.payload[:4], "big") for f in frames] == list(range(count))
+    client.transport.loseConnection()
+
+
