@@ -133,11 +133,6 @@ def parse_pattern(pattern: str) -> tuple[Segment, ...]:
     return tuple(segments)
 
 
-def pattern_key(segments: Sequence[Segment]) -> tuple[str, ...]:
-    """A key equal for patterns that match the same paths (``<str>`` is ``<string>``)."""
-    return tuple(repr(s) if isinstance(s, ParamType) else "/" + s for s in segments)
-
-
 T = TypeVar("T")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .proc import ROOT, Server, free_port, twistd
+from .proc import ROOT, Server, env, free_port, twistd
 
 TOOL = Path(os.environ.get("AUTOBAHN_TESTSUITE", ROOT.parent / "shared" / "tools" / "autobahn-testsuite"))
 QUICK = os.environ.get("CROWTWIST_CONFORMANCE", "full") == "quick"
@@ -39,8 +39,12 @@ def test_autobahn_testsuite_both_modes(tmp_path: Path) -> None:
     try:
         for mode, extra in MODES.items():
             port = free_port()
+            environ = env()
+            # Coverage would slow these servers several-fold; other tests measure twistd crow.
+            environ.pop("COVERAGE_PROCESS_CONFIG", None)
             servers[mode] = Server(
-                twistd("--routes", "examples.echo", "--listen", f"tcp:{port}:interface=127.0.0.1", *extra)
+                twistd("--routes", "examples.echo", "--listen", f"tcp:{port}:interface=127.0.0.1", *extra),
+                environ=environ,
             )
             servers[mode].wait_tcp(port)
             command = [str(TOOL), "--agent", f"crowtwist-{mode}", "--outdir", str(tmp_path / mode)]

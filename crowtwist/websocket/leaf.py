@@ -23,6 +23,7 @@ from .._handlers import as_deferred
 from .._headers import header_tokens, wants_upgrade
 from ..http import Response, write_response
 from ..site import DeadlineChannel
+from .protocol import extension_error
 
 if TYPE_CHECKING:
     from .rule import WebSocketRule
@@ -69,6 +70,12 @@ class WebSocketLeaf(WebSocketResource):
         key = request.getHeader(b"sec-websocket-key")
         if not _valid_key(key) or request.clientproto != b"HTTP/1.1":
             return write_response(request, Response(400, "400 Bad Request: invalid WebSocket handshake\n"))
+        extensions = ",".join(
+            v.decode("latin-1") for v in request.requestHeaders.getRawHeaders(b"sec-websocket-extensions", [])
+        )
+        problem = extension_error(extensions) if extensions else None
+        if problem is not None:
+            return write_response(request, Response(400, f"400 Bad Request: Sec-WebSocket-Extensions: {problem}\n"))
         if request.channel is None or getattr(request.channel, "transport", None) is None:
             # HTTP/2 and other channels that cannot give their transport away.
             return write_response(request, _UPGRADE_REQUIRED)

@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.compress import (
+    PERMESSAGE_COMPRESSION_EXTENSION,
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.logger import Logger
@@ -114,6 +118,30 @@ def _deflate_acceptor(
 
 
 def _decline(offers: Sequence[object]) -> None:
+    return None
+
+
+_parser: WebSocketServerProtocol | None = None
+
+
+def extension_error(header: str) -> str | None:
+    """Why a ``Sec-WebSocket-Extensions`` offer is malformed, or ``None`` if it is not.
+
+    Checked before the upgrade so that a bad offer gets a proper 400 from
+    twisted.web; autobahn would only find it after taking the transport over.
+    """
+    global _parser
+    if _parser is None:
+        _parser = WebSocketServerProtocol()
+    try:
+        offers = WebSocketServerProtocol._parseExtensionsHeader(_parser, header)
+        for name, params in offers:
+            extension = PERMESSAGE_COMPRESSION_EXTENSION.get(name)
+            if extension is not None:
+                offer_type: Any = extension["Offer"]
+                offer_type.parse(params)
+    except Exception as error:
+        return str(error) or type(error).__name__
     return None
 
 
