@@ -9,7 +9,8 @@ the available arguments to pass, so no call pays for introspection.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
 
 from twisted.internet.defer import Deferred
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure

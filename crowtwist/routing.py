@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Iterator, Sequence, TypeVar, Union
+from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Sequence
 
 __all__ = [
     "ParamType",
@@ -22,7 +23,7 @@ __all__ = [
     "parse_pattern",
 ]
 
-ParamValue = Union[int, float, str]
+ParamValue = int | float | str
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -100,7 +101,7 @@ PARAM_TYPES: dict[str, ParamType] = {
     "path": PATH,
 }
 
-Segment = Union[str, ParamType]
+Segment = str | ParamType
 """A static segment is its text; a typed one is its ``ParamType``."""
 
 
@@ -144,11 +145,11 @@ class RouteNode(Generic[T]):
     node (crowtwist stores the HTTP and WebSocket rules).
     """
 
-    static: dict[str, "RouteNode[T]"] = field(default_factory=dict)
-    typed: list[tuple[ParamType, "RouteNode[T]"]] = field(default_factory=list)
+    static: dict[str, RouteNode[T]] = field(default_factory=dict)
+    typed: list[tuple[ParamType, RouteNode[T]]] = field(default_factory=list)
     endpoint: T | None = None
 
-    def child(self, segment: Segment, make: Callable[[], "RouteNode[T]"]) -> "RouteNode[T]":
+    def child(self, segment: Segment, make: Callable[[], RouteNode[T]]) -> RouteNode[T]:
         """The child for ``segment``, created with ``make`` if missing."""
         if isinstance(segment, str):
             node = self.static.get(segment)
@@ -164,7 +165,7 @@ class RouteNode(Generic[T]):
 
     def step(
         self, segment: str, rest: Sequence[str]
-    ) -> Iterator[tuple["RouteNode[T]", ParamValue | None, int]]:
+    ) -> Iterator[tuple[RouteNode[T], ParamValue | None, int]]:
         """Children that take ``segment`` and from which ``rest`` can still match.
 
         Yields ``(child, value, width)`` in precedence order: the static child
@@ -190,7 +191,7 @@ class RouteNode(Generic[T]):
             return self.endpoint is not None
         return next(self.step(segments[0], segments[1:]), None) is not None
 
-    def match(self, segments: Sequence[str]) -> tuple["RouteNode[T]", list[ParamValue]] | None:
+    def match(self, segments: Sequence[str]) -> tuple[RouteNode[T], list[ParamValue]] | None:
         """The node that ``segments`` lead to and the converted parameters, or ``None``."""
         node: RouteNode[T] = self
         params: list[ParamValue] = []

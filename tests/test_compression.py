@@ -3,7 +3,8 @@ websockets library's client over 127.0.0.1."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import pytest_twisted

@@ -3,7 +3,8 @@ keepalive, close timeout, send buffer, hanging handlers."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -15,7 +16,7 @@ from crowtwist.tap import Options, configure
 from crowtwist.websocket.origin import OriginPolicy
 
 from . import frames as F
-from .clients import connect_raw, listen, within
+from .clients import connect_raw, within
 from .conftest import LogCapture
 from .memory import MemoryClient
 from .test_end_to_end import wait_until

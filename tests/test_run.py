@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen[str], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early: {process.communicate()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listened on {port} within {seconds}s")
+from .proc import Server, env, free_port
 
 
 SERVER = textwrap.dedent(
@@ -53,32 +31,20 @@ SERVER = textwrap.dedent(
 def test_ctrl_c_closes_websockets_with_1001() -> None:
     """SIGINT makes app.run close every open WebSocket with 1001, run onclose, and exit 0."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        wait_for_port(port, process)
+    with Server([sys.executable, "-c", SERVER, str(port)]) as server:
+        server.wait_tcp(port)
         with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10, close_timeout=10) as ws:
             ws.send("before")
             assert ws.recv(timeout=10) == "before"
-            process.send_signal(signal.SIGINT)
+            server.process.send_signal(signal.SIGINT)
             try:
                 ws.recv(timeout=10)
                 raise AssertionError("the server sent a message instead of closing")
             except ConnectionClosed as closed:
                 assert closed.rcvd is not None and closed.rcvd.code == 1001
-        out, err = process.communicate(timeout=20)
-        assert process.returncode == 0, err
-        assert "onclose 1001" in out
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        output = server.finish()
+        assert server.process.returncode == 0, output
+        assert "onclose 1001" in output
 
 
 def test_port_in_use_is_one_line() -> None:
@@ -87,9 +53,8 @@ def test_port_in_use_is_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
         result = subprocess.run(
-            [sys.executable, "-c", SERVER, str(port)], capture_output=True, text=True, env=env, timeout=30
+            [sys.executable, "-c", SERVER, str(port)], capture_output=True, text=True, env=env(), timeout=30
         )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]

@@ -27,6 +27,22 @@ def echo_round_trip(url: str, **kwargs: object) -> None:
         assert ws.recv(timeout=10) == b"\x00bin"
 
 
+def raw_exchange(sock: socket.socket, path: str, frame: bytes) -> list[F.Frame]:
+    """Upgrade ``sock`` by hand, send one raw frame, and return the first frames that come back."""
+    sock.sendall(F.handshake(path))
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    sock.sendall(frame)
+    frames: list[F.Frame] = []
+    while not frames:
+        rest += sock.recv(4096)
+        frames, rest = F.decode_all(rest)
+    return frames
+
+
 def test_plugin_import_is_light() -> None:
     """Importing the plugin imports neither the reactor nor crowtwist itself."""
     code = (
@@ -179,17 +195,7 @@ def test_unix_socket(tmp_path: Path) -> None:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(10)
             sock.connect(str(path))
-            sock.sendall(F.handshake("/echo"))
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(4096)
-            head, _, rest = data.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 101")
-            sock.sendall(F.encode(F.TEXT, b"over unix"))
-            frames: list[F.Frame] = []
-            while not frames:
-                rest += sock.recv(4096)
-                frames, rest = F.decode_all(rest)
+            frames = raw_exchange(sock, "/echo", F.encode(F.TEXT, b"over unix"))
             assert frames[0].payload == b"over unix"
         server.stop()
 
@@ -223,16 +229,7 @@ def test_command_line_overrides_module_settings(tmp_path: Path) -> None:
                 ws.recv(timeout=10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(F.handshake("/ws"))
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(4096)
-            rest = data.partition(b"\r\n\r\n")[2]
-            sock.sendall(F.encode(F.TEXT, b"bare", mask=False))
-            frames: list[F.Frame] = []
-            while not frames:
-                rest += sock.recv(4096)
-                frames, rest = F.decode_all(rest)
+            frames = raw_exchange(sock, "/ws", F.encode(F.TEXT, b"bare", mask=False))
             assert frames[0].close_code == 1002
         server.stop()
 
@@ -274,7 +271,7 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     import ipaddress
 
     certificate = (

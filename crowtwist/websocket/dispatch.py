@@ -16,7 +16,8 @@ After a failure, events not yet run are dropped, except the ones pushed as
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure

@@ -12,7 +12,7 @@ files) follows ``allow_null_origin``.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 __all__ = ["OriginPolicy"]
