@@ -5,7 +5,8 @@ The whole suite (517 cases) runs by default, as CI does. Nearly all of its time 
 12 and 13 (permessage-deflate: 1000 echoes of up to 128 KiB a case, zlib at both ends);
 the two modes run side by side so their waits overlap. CROWTWIST_CONFORMANCE=quick leaves
 out groups 9, 12 and 13 (about 15 s) for local work. docs/conformance.md has the timings.
-The tool is ../shared/tools/autobahn-testsuite (or $AUTOBAHN_TESTSUITE); it builds its own
+The tool is $AUTOBAHN_TESTSUITE, else ../shared/tools/autobahn-testsuite beside this checkout,
+else /work/shared/tools/autobahn-testsuite; it builds its own
 Python 2.7 environment once and caches it under ~/.cache/autobahn-testsuite.
 Set CROWTWIST_CONFORMANCE_REPORT=DIR to keep each mode's summary.
 """
@@ -22,7 +23,12 @@ import pytest
 
 from .proc import ROOT, Server, env, free_port, twistd
 
-TOOL = Path(os.environ.get("AUTOBAHN_TESTSUITE", ROOT.parent / "shared" / "tools" / "autobahn-testsuite"))
+_CANDIDATES = [
+    os.environ.get("AUTOBAHN_TESTSUITE", ""),
+    str(ROOT.parent / "shared" / "tools" / "autobahn-testsuite"),  # beside this checkout
+    "/work/shared/tools/autobahn-testsuite",  # the workplace's shared tools, for clones elsewhere
+]
+TOOL = next((Path(c) for c in _CANDIDATES if c and Path(c).exists()), Path(_CANDIDATES[1]))
 QUICK = os.environ.get("CROWTWIST_CONFORMANCE", "full") == "quick"
 MODES = {"lenient": [], "enforce": ["--enforce-ws-spec"]}
 
