@@ -270,3 +270,18 @@ def test_send_buffer_bound(site_port: Any, policy: str) -> Iterator[Any]:
     client.transport.loseConnection()
 
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_large_message_is_not_a_slow_reader(site_port: Any) -> Iterator[Any]:
+    """A single message larger than max_send_buffer (an echo of a big upload) is delivered, not refused."""
+    app = Crow().websocket_limits(max_send_buffer=1 << 20, keepalive_interval=None)
+    big = b"q" * (4 << 20)
+    app.route("/ws").websocket().onopen(lambda conn: conn.send_binary(big))
+    port = site_port(app)
+    client = yield connect_raw(port)
+    yield client.handshake("/ws")
+    frames = yield client.next_frames()
+    assert frames[0].opcode == F.BINARY and frames[0].payload == big
+    assert not any(f.opcode == F.CLOSE for f in client.frames)
+    client.transport.loseConnection()

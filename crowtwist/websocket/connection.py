@@ -86,7 +86,7 @@ class Connection:
         self._drain_waiters: list[Deferred[None]] = []
         # Made by the protocol, so on the reactor thread: sends from others hop over.
         self._thread = get_ident()
-        # Bytes sent since the transport asked us to pause: roughly what the peer has not read.
+        # Bytes sent while the transport had us paused: roughly what the peer has not read.
         self._unread = 0
         self._unread_limit = rule.app.settings.max_send_buffer
 
@@ -126,8 +126,11 @@ class Connection:
             return
         protocol = self._protocol
         if protocol is not None and protocol.state == _OPEN:
+            # Only what is sent while the peer is already behind counts: one large
+            # message (up to max_payload, e.g. an echo) is not a slow reader.
+            behind = not self._writable
             protocol.send_message(payload, is_binary)
-            if not self._writable:
+            if behind:
                 self._unread += len(payload)
                 limit = self._unread_limit
                 if limit is not None and self._unread > limit:
