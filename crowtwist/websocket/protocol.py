@@ -10,6 +10,7 @@ extensions, writes the 101 and moves the protocol to OPEN.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any, cast
 from collections.abc import Callable, Sequence
 
@@ -46,6 +47,19 @@ _CROW_MESSAGES = {
 }
 
 _CLIENT_GOING_AWAY = 1001
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def _unmask(payload: bytes, key: bytes) -> bytes:
+    """``payload`` XOR the repeated 4-byte ``key`` (RFC 6455 5.3), as one big-integer XOR."""
+    length = len(payload)
+    if not length:
+        return b""
+    mask = (key * ((length + 3) >> 2))[:length]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(length, "little")
+
+
 _INTERNAL_ERROR = 1011
 _POLICY_VIOLATION = 1008
 
@@ -196,7 +210,12 @@ class CrowServerProtocol(WebSocketServerProtocol):
     factory: RuleFactory
     _rule: WebSocketRule
     """The rule this connection serves (its factory's), set when the protocol is built."""
-    logOctets: bool  # set by autobahn's _connectionMade from the factory
+    # Set by autobahn's _connectionMade from the factory's options.
+    logOctets: bool
+    maxMessagePayloadSize: int
+    requireMaskedClientFrames: bool
+    autoFragmentSize: int
+    _plain = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -262,6 +281,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self.websocket_protocol_in_use,
         )
         self.conn = conn
+        # No extension in use: frames are plain, and the fast paths apply.
+        self._plain = self._perMessageCompress is None and not self.autoFragmentSize
         rule._opened(conn)
         cast(IConsumer, self.transport).registerProducer(_OutgoingFlow(conn), True)
         log.debug("WebSocket opened: {route} from {peer}", route=rule.pattern, peer=conn.get_remote_ip())
@@ -397,13 +418,103 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self._app_close = True
             self.sendCloseFrame(code=_INTERNAL_ERROR, reasonUtf8=b"internal error", isReply=False)
 
-    if TYPE_CHECKING:
+    def send_message(self, payload: bytes, is_binary: bool) -> None:
+        """Send one message; the caller has checked that the connection is open.
 
-        def send_message(self, payload: bytes, is_binary: bool) -> None:
-            """Send one message: autobahn's ``sendMessage``, typed."""
+        Without compression, the frame is one unmasked header and the payload,
+        written in one go; autobahn's general path builds the same bytes.
+        """
+        if self._plain and not self.send_queue:
+            length = len(payload)
+            first = 0x82 if is_binary else 0x81
+            if length < 126:
+                header = bytes((first, length))
+            elif length < 65536:
+                header = _HEADER_16.pack(first, 126, length)
+            else:
+                header = _HEADER_64.pack(first, 127, length)
+            transport = cast(ITransport, self.transport)
+            if length < 4096:
+                transport.write(header + payload)
+            else:
+                transport.writeSequence((header, payload))
+            self.trafficStats.outgoingOctetsWireLevel += len(header) + length
+        else:
+            WebSocketServerProtocol.sendMessage(self, payload, is_binary)
 
-    else:
-        send_message = WebSocketServerProtocol.sendMessage
+    # The receive fast path.
+
+    def dataReceived(self, data: bytes) -> None:
+        # autobahn's dataReceived formats a debug line per read even with logging
+        # off; its _dataReceived is the same without that.
+        if self._plain and self.state == _STATE_OPEN and not self.data and self.current_frame is None:
+            data = self._complete_frames(data)
+            if not data:
+                return
+        self._dataReceived(data)
+
+    def _complete_frames(self, data: bytes) -> bytes:
+        """Deliver the complete, unfragmented data frames at the start of ``data``.
+
+        The common case of a connection without compression: whole text or
+        binary frames, masked (or unmasked where Crow's lenient mode allows),
+        up to 64 KiB, with valid UTF-8 and within max_payload.  Anything else
+        (control frames, fragments, a frame split across reads, bad data)
+        stops the fast path at that frame's first byte, and autobahn's state
+        machine takes the rest, so every protocol rule is still autobahn's.
+        Returns the bytes not consumed.
+        """
+        size = len(data)
+        offset = 0
+        handler = self._rule.message_handler
+        limit = self.maxMessagePayloadSize
+        lenient = not self.requireMaskedClientFrames
+        push = self._events.push
+        conn = self.conn
+        while size - offset >= 2:
+            first = data[offset]
+            if first != 0x81 and first != 0x82:
+                break
+            second = data[offset + 1]
+            length = second & 0x7F
+            start = offset + 2
+            if length == 126:
+                if size - offset < 4:
+                    break
+                length = (data[offset + 2] << 8) | data[offset + 3]
+                start = offset + 4
+            elif length == 127:
+                break
+            if limit and length > limit:
+                break
+            if second & 0x80:
+                end = start + 4 + length
+                if end > size:
+                    break
+                payload = _unmask(data[start + 4 : end], data[start : start + 4])
+            else:
+                end = start + length
+                if not lenient or end > size:
+                    break
+                payload = data[start:end]
+            if first == 0x81:
+                try:
+                    message: str | bytes = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+            else:
+                message = payload
+            offset = end
+            if handler is not None:
+                push(handler, conn, message, first == 0x82)
+            if self.state != _STATE_OPEN:
+                break
+        if offset:
+            self.trafficStats.incomingOctetsWireLevel += offset
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
+            return data[offset:]
+        return data
 
     def send_control(self, payload: bytes, ping: bool) -> None:
         """Send a ping or a pong."""
