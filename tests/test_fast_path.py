@@ -99,3 +99,13 @@ def test_compressed_connections_take_the_general_path() -> None:
     assert client.protocol._plain is False
     plain = MemoryClient(app, "/ws")
     assert plain.protocol._plain is True
+
+
+def test_data_frame_inside_a_fragmented_message_is_still_a_violation() -> None:
+    """A whole text frame arriving, in its own read, while a fragmented message is open fails with 1002."""
+    app, seen = echo_app()
+    client = MemoryClient(app, "/ws")
+    client.protocol.dataReceived(F.encode(F.TEXT, b"frag", fin=False))
+    client.protocol.dataReceived(F.encode(F.TEXT, b"intruder"))
+    assert seen == []
+    assert client.close_frame().close_code == 1002  # type: ignore[union-attr]

@@ -447,7 +447,13 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         # autobahn's dataReceived formats a debug line per read even with logging
         # off; its _dataReceived is the same without that.
-        if self._plain and self.state == _STATE_OPEN and not self.data and self.current_frame is None:
+        if (
+            self._plain
+            and self.state == _STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and not self.inside_message  # a fragmented message is autobahn's to finish
+        ):
             data = self._complete_frames(data)
             if not data:
                 return
