@@ -285,3 +285,12 @@ def test_one_large_message_is_not_a_slow_reader(site_port: Any) -> Iterator[Any]
     assert frames[0].opcode == F.BINARY and frames[0].payload == big
     assert not any(f.opcode == F.CLOSE for f in client.frames)
     client.transport.loseConnection()
+
+
+def test_route_origins_follow_allow_null_origin() -> None:
+    """A route's own origin list honours the app's allow_null_origin too."""
+    app = Crow()
+    app.route("/ws").websocket().allowed_origins(["https://app.example"])
+    assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 101
+    app.settings.allow_null_origin = False
+    assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 403

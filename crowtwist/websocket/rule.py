@@ -62,8 +62,11 @@ class WebSocketRule:
         self._compression: bool | None = None
         self.offered_subprotocols: tuple[str, ...] = ()
         self._max_connections: int | None = None
-        self._origins: OriginPolicy | None = None
-        self._origins_key: object = None
+        self._origins: tuple[str, ...] | None = None
+        # The compiled policy and the settings it was compiled from, so that a
+        # change of allowed origins or allow_null_origin takes effect.
+        self._policy: OriginPolicy | None = None
+        self._policy_key: object = None
         self._open: dict[Connection, None] = {}
         self.connections = ConnectionsView(self._open)
         self._factory: RuleFactory | None = None
@@ -131,8 +134,10 @@ class WebSocketRule:
 
     def allowed_origins(self, origins: Iterable[str] | None) -> WebSocketRule:
         """Only pages from these origins may connect to this route (403 otherwise)."""
-        self._origins = None if origins is None else OriginPolicy(origins)
-        self._origins_key = _UNSET if origins is None else None
+        if origins is not None:
+            origins = tuple(origins)
+            OriginPolicy(origins)  # malformed patterns fail here, not at request time
+        self._origins = origins
         return self
 
     def over_capacity(self) -> bool:
@@ -144,16 +149,15 @@ class WebSocketRule:
 
     def origin_policy(self) -> OriginPolicy | None:
         """The origins this route accepts: its own list, else the app's, else any (``None``)."""
-        if self._origins is not None:
-            return self._origins
         settings = self.app.settings
-        if settings.allowed_origins is None:
+        origins = self._origins if self._origins is not None else settings.allowed_origins
+        if origins is None:
             return None
-        key = (settings.allowed_origins, settings.allow_null_origin)
-        if self._origins_key != key:
-            self._app_origins = OriginPolicy(settings.allowed_origins, settings.allow_null_origin)
-            self._origins_key = key
-        return self._app_origins
+        key = (origins, settings.allow_null_origin)
+        if self._policy is None or self._policy_key != key:
+            self._policy = OriginPolicy(origins, settings.allow_null_origin)
+            self._policy_key = key
+        return self._policy
 
     @property
     def effective_max_payload(self) -> int | None:
