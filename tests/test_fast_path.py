@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
 from crowtwist import Crow
+from crowtwist.websocket import protocol as protocol_module
 from crowtwist.websocket.protocol import _unmask
 
 from . import frames as F
@@ -30,10 +35,13 @@ def echo_app(**kwargs: Any) -> tuple[Crow, list[tuple[str | bytes, bool]]]:
     return app, seen
 
 
-def test_unmask_matches_the_definition() -> None:
-    """The big-integer unmasking equals RFC 6455's byte-by-byte XOR, for every length."""
+@pytest.mark.parametrize("native", [True, False])
+def test_unmask_matches_the_definition(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unmasking (native above 2 KiB, or the big-integer fallback) equals RFC 6455's byte-by-byte XOR."""
+    if not native:
+        monkeypatch.setattr(protocol_module, "_native_masker", None)
     key = os.urandom(4)
-    for length in list(range(0, 70)) + [125, 126, 127, 65535]:
+    for length in list(range(0, 70)) + [125, 126, 127, 2047, 2048, 2049, 65535, 65537]:
         payload = os.urandom(length)
         expected = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
         assert _unmask(payload, key) == expected
@@ -45,7 +53,8 @@ STREAM = [
     (F.encode(F.TEXT, b"x" * 300), ("x" * 300, False)),  # 16-bit length
     (F.encode(F.PING, b"p"), None),  # control frame: the general path, then back
     (F.encode(F.TEXT, b"frag", fin=False) + F.encode(F.CONT, b"ment"), ("fragment", False)),
-    (F.encode(F.BINARY, b"y" * 70000), (b"y" * 70000, True)),  # 64-bit length: the general path
+    (F.encode(F.BINARY, b"y" * 70000), (b"y" * 70000, True)),  # 64-bit length
+    (F.encode(F.TEXT, "ü€".encode() * 40000), ("ü€" * 40000, False)),  # 200 KB, spans reads
     (F.encode(F.TEXT, b""), ("", False)),
     (F.encode(F.TEXT, "€".encode()), ("€", False)),
 ]
@@ -109,3 +118,80 @@ def test_data_frame_inside_a_fragmented_message_is_still_a_violation() -> None:
     client.protocol.dataReceived(F.encode(F.TEXT, b"intruder"))
     assert seen == []
     assert client.close_frame().close_code == 1002  # type: ignore[union-attr]
+
+
+def test_large_frames_stay_on_the_fast_path() -> None:
+    """A 1 MB text frame arriving in 64 KiB reads is delivered whole without autobahn's frame parser."""
+    app, seen = echo_app()
+    client = MemoryClient(app, "/ws")
+    text = "fast ✓ " * 125_000
+    frame = F.encode(F.TEXT, text.encode())
+    for i in range(0, len(frame), 65536):
+        client.protocol.dataReceived(frame[i : i + 65536])
+    assert seen == [(text, False)] and client.messages() == [text]
+    # autobahn's validator is created on first use: the general path never ran.
+    assert "utf8validator" not in vars(client.protocol)
+    assert client.protocol.trafficStats.incomingOctetsWireLevel == len(frame)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        bytes([0x81, 0x80 | 126, 0, 5]),  # a 16-bit length that fits in 7 bits
+        bytes([0x82, 0x80 | 127]) + (300).to_bytes(8, "big"),  # a 64-bit length that fits in 16 bits
+        bytes([0x82, 0x80 | 127]) + (1 << 63).to_bytes(8, "big"),  # the most significant bit set
+    ],
+)
+def test_invalid_lengths_are_failed_by_autobahn(header: bytes) -> None:
+    """Non-minimal and over-2^63 length encodings reach autobahn, which fails them with 1002."""
+    app, seen = echo_app()
+    client = MemoryClient(app, "/ws")
+    client.protocol.dataReceived(header + b"\0\0\0\0" + b"hello")
+    assert seen == []
+    assert client.close_frame().close_code == 1002  # type: ignore[union-attr]
+
+
+def test_frame_completed_after_the_app_closed_goes_to_autobahn() -> None:
+    """A frame still arriving when the app closes the connection is autobahn's to handle, as while closing."""
+    app, seen = echo_app()
+    client = MemoryClient(app, "/ws")
+    frame = F.encode(F.TEXT, b"z" * 100_000)
+    client.protocol.dataReceived(frame[:1000])
+    client.protocol.conn.close("bye")
+    client.protocol.dataReceived(frame[1000:])
+    # autobahn delivers data that arrives before the peer's close frame.
+    assert seen == [("z" * 100_000, False)]
+    assert "utf8validator" in vars(client.protocol)
+    client.finish_close()
+    assert client.close_frame().close_code == 1000  # type: ignore[union-attr]
+
+
+def test_connections_start_with_autobahns_state() -> None:
+    """A new connection has every attribute autobahn's own set-up gives it, with the same values.
+
+    crowtwist's protocol keeps autobahn's options and initial flags on the class
+    instead of copying them onto each connection; this catches an autobahn release
+    that starts a connection with something new.
+    """
+    app, _ = echo_app()
+    factory = app.websocket_rules[0].factory
+    ours = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    theirs = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+    for protocol in (ours, theirs):
+        protocol.transport = StringTransport()
+    before = set(vars(theirs))
+    ours._connectionMade()
+    WebSocketServerProtocol._connectionMade(theirs)
+    if theirs.openHandshakeTimeoutCall is not None:
+        theirs.openHandshakeTimeoutCall.cancel()
+    factory.countConnections -= 2
+    per_connection = {"trafficStats", "send_queue", "utf8validator", "openHandshakeTimeoutCall"}
+    added = {name: value for name, value in vars(theirs).items() if name not in before}
+    assert len(added) > 25
+    for name, value in added.items():
+        assert hasattr(ours, name), name
+        if name not in per_connection:
+            assert getattr(ours, name) == value, name
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        assert getattr(ours, name) == getattr(factory, name), name
+    assert not set(vars(ours)) & set(WebSocketServerProtocol.CONFIG_ATTRS)

@@ -42,7 +42,8 @@ class EventQueue:
         resume: Callable[[], object],
         failed: Callable[[Failure, str], object],
     ) -> None:
-        self._queue: deque[_Event] = deque()
+        # Created when an event has to wait: most connections never need one.
+        self._queue: deque[_Event] | None = None
         self._running = False
         self._waiting = False
         self._paused = False
@@ -64,14 +65,14 @@ class EventQueue:
 
     def __len__(self) -> int:
         """Events waiting for their turn."""
-        return len(self._queue)
+        return len(self._queue) if self._queue else 0
 
     def push(self, handler: Handler | None, *args: Any, essential: bool = False) -> None:
         """Run ``handler(*args)`` now, or after the events before it."""
         if handler is None or (self._failed and not essential):
             return
         if self._running or self._waiting or self._queue:
-            self._queue.append((handler, args, essential))
+            self._waiting_room().append((handler, args, essential))
             return
         # The common case, inline: nothing ahead of this event.
         self._running = True
@@ -86,13 +87,20 @@ class EventQueue:
         """Run an essential ``handler(*args)`` before anything else that is queued."""
         if handler is None:
             return
-        self._queue.appendleft((handler, args, True))
+        self._waiting_room().appendleft((handler, args, True))
         if not (self._running or self._waiting):
             self._drain()
+
+    def _waiting_room(self) -> deque[_Event]:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        return queue
 
     def _drain(self) -> None:
         self._running = True
         try:
+            # Re-read each turn: a failure replaces the queue with its essential events.
             while self._queue and not self._waiting:
                 handler, args, essential = self._queue.popleft()
                 if self._failed and not essential:
@@ -144,5 +152,6 @@ class EventQueue:
     def _fail(self, failure: Failure, event: str) -> None:
         if not self._failed:
             self._failed = True
-            self._queue = deque(e for e in self._queue if e[2])
+            if self._queue:
+                self._queue = deque(e for e in self._queue if e[2])
         self._on_failure(failure, event)

@@ -11,11 +11,17 @@ extensions, writes the 101 and moves the protocol to OPEN.
 from __future__ import annotations
 
 import struct
+from collections import deque
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 from collections.abc import Callable, Sequence
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
+from autobahn.websocket import USES_NVX
+from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket import xormasker
+from autobahn.websocket.utf8validator import Utf8Validator
 from autobahn.websocket.compress import (
     PERMESSAGE_COMPRESSION_EXTENSION,
     PerMessageDeflateOffer,
@@ -40,6 +46,44 @@ __all__ = ["CrowServerProtocol", "RuleFactory", "build_factory"]
 log = Logger(namespace="crowtwist")
 
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+_STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+
+# What autobahn's _connectionMade starts every connection with; here they are
+# class attributes, so a connection's own dict holds only what changes.
+_INITIAL_STATE: dict[str, object] = {
+    "_perMessageCompress": None,
+    "trackedTimings": None,
+    "send_state": WebSocketServerProtocol.SEND_STATE_GROUND,
+    "data": b"",
+    "triggered": False,
+    "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False,
+    "closedByMe": False,
+    "failedByMe": False,
+    "droppedByMe": False,
+    "wasClean": False,
+    "wasNotCleanReason": None,
+    "wasServerConnectionDropTimeout": False,
+    "wasOpenHandshakeTimeout": False,
+    "wasCloseHandshakeTimeout": False,
+    "wasServingFlashSocketPolicyFile": False,
+    "localCloseCode": None,
+    "localCloseReason": None,
+    "remoteCloseCode": None,
+    "remoteCloseReason": None,
+    "openHandshakeTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None,
+    "autoPingTimeoutCall": None,
+    "autoPingPending": None,
+    "autoPingPendingCall": None,
+    "autoPingPendingSeq": 0,
+    "autoPingPendingSent": None,
+}
+
+# Set by succeedHandshake and read by nothing after it.
+_HANDSHAKE_ONLY = frozenset(
+    {"http_response_data", "http_request_uri", "websocket_protocols", "websocket_extensions", "_wskey"}
+)
 
 # Crow's own words for the failures its users match on; others keep autobahn's.
 _CROW_MESSAGES = {
@@ -52,12 +96,22 @@ _HEADER_64 = struct.Struct("!BBQ")
 
 
 def _unmask(payload: bytes, key: bytes) -> bytes:
-    """``payload`` XOR the repeated 4-byte ``key`` (RFC 6455 5.3), as one big-integer XOR."""
+    """``payload`` XOR the repeated 4-byte ``key`` (RFC 6455 5.3)."""
     length = len(payload)
+    if length >= _NATIVE_FROM and _native_masker is not None:
+        return bytes(_native_masker(key, length).process(payload))
     if not length:
         return b""
     mask = (key * ((length + 3) >> 2))[:length]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(length, "little")
+
+
+# autobahn's native (NVX) masker costs ~4 us to set up, then runs at memory
+# speed; one big-integer XOR is faster below ~2 KiB and is the fallback.
+_NATIVE_FROM = 2048
+_native_masker: Callable[[bytes, int], Any] | None = (
+    getattr(xormasker, "create_xor_masker") if USES_NVX else None  # defined per backend, not re-exported
+)
 
 
 _INTERNAL_ERROR = 1011
@@ -91,6 +145,17 @@ class RuleFactory(WebSocketServerFactory):
         WebSocketServerFactory.__init__(self, server=None)
         self.rule = rule
         self.compression = rule.effective_compression
+
+    def protocol_class(self) -> type[CrowServerProtocol]:
+        """A protocol class for this factory's connections, carrying its options.
+
+        autobahn copies each option from the factory onto every connection;
+        as class attributes they cost nothing per connection.
+        """
+        options = {name: getattr(self, name) for name in CrowServerProtocol.CONFIG_ATTRS}
+        # A function stored on a class would become a method.
+        options = {k: staticmethod(v) if callable(v) else v for k, v in options.items()}
+        return type("RuleServerProtocol", (CrowServerProtocol,), options)
 
     def start(self) -> None:
         """Start the factory, as a listening port would (the leaf shares a Site's port)."""
@@ -175,7 +240,6 @@ def build_factory(rule: WebSocketRule) -> RuleFactory:
     settings = rule.app.settings
     max_payload = rule.effective_max_payload
     factory = RuleFactory(rule)
-    factory.protocol = CrowServerProtocol
     WebSocketServerFactory.setProtocolOptions(
         factory,
         requireMaskedClientFrames=settings.enforce_ws_spec,
@@ -192,6 +256,7 @@ def build_factory(rule: WebSocketRule) -> RuleFactory:
         # setProtocolOptions resets this to False unless it is passed every time.
         allowNullOrigin=settings.allow_null_origin,
     )
+    factory.protocol = factory.protocol_class()
     return factory
 
 
@@ -216,6 +281,22 @@ class CrowServerProtocol(WebSocketServerProtocol):
     requireMaskedClientFrames: bool
     autoFragmentSize: int
     _plain = False
+    _app_close = False
+    _error_reported = False
+    _close_reported = False
+    # The fast path's incomplete frame: its pieces, their size, the size it needs.
+    _rx_chunks: list[bytes] | None = None
+    _rx_size = 0
+    _rx_need = 0
+
+    # Only a connection that autobahn's general paths serve needs these.
+    @cached_property
+    def send_queue(self) -> deque[tuple[bytes, bool]]:  # type: ignore[override]  # lazily, per connection
+        return deque()
+
+    @cached_property
+    def utf8validator(self) -> Utf8Validator:  # type: ignore[override]  # lazily, per connection
+        return Utf8Validator()
 
     def __init__(self) -> None:
         super().__init__()
@@ -224,9 +305,17 @@ class CrowServerProtocol(WebSocketServerProtocol):
         """Fires once ``onclose`` (or the lack of one) has run for this connection."""
         self._events = EventQueue(self._pause_reading, self._resume_reading, self._handler_failed)
         self._upgrade: tuple[Sequence[ParamValue], object] | None = None
-        self._app_close = False
-        self._error_reported = False
-        self._close_reported = False
+
+    def _connectionMade(self) -> None:
+        # autobahn's version copies every factory option onto the connection
+        # and pretty-prints them all for a debug line: half of a connection's
+        # CPU and a third of its memory. The options and initial flags are
+        # class attributes here; this sets what each connection has of its own.
+        # No opening-handshake timer: the request has been read already (the
+        # site's deadline covered that), and accept_upgrade answers at once.
+        self.trafficStats = TrafficStats()
+        self.state = _STATE_CONNECTING
+        self.factory.countConnections += 1
 
     # The upgrade, handed over by the leaf resource.
 
@@ -250,11 +339,13 @@ class CrowServerProtocol(WebSocketServerProtocol):
         )
         self._wskey = key
         self._upgrade = (params, userdata)
-        if self.factory.compression:
+        if self.factory.compression and self.websocket_extensions:
             self.perMessageCompressionAccept = _deflate_acceptor(
                 self._rule.effective_max_payload, _offered_client_bits(self.websocket_extensions)
             )
         self.succeedHandshake(subprotocol)
+        # A dict rebuilt without the handshake's leftovers is sized to what stays.
+        self.__dict__ = {k: v for k, v in self.__dict__.items() if k not in _HANDSHAKE_ONLY}
 
     def is_sendable(self) -> bool:
         """Whether the connection is open for messages."""
@@ -301,7 +392,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # autobahn formats debug-log arguments on every write even with logging
         # off; the plain case (no chopping, nothing queued) needs only the write.
-        if sync or chopsize or self.send_queue or self.logOctets:
+        if sync or chopsize or self.__dict__.get("send_queue") or self.logOctets:
             WebSocketServerProtocol.sendData(self, data, sync, chopsize)
             return
         cast(ITransport, self.transport).write(data)
@@ -424,7 +515,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         Without compression, the frame is one unmasked header and the payload,
         written in one go; autobahn's general path builds the same bytes.
         """
-        if self._plain and not self.send_queue:
+        if self._plain and not self.__dict__.get("send_queue"):
             length = len(payload)
             first = 0x82 if is_binary else 0x81
             if length < 126:
@@ -447,6 +538,15 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         # autobahn's dataReceived formats a debug line per read even with logging
         # off; its _dataReceived is the same without that.
+        chunks = self._rx_chunks
+        if chunks is not None:
+            # The fast path holds the start of a frame: wait for all of it.
+            chunks.append(data)
+            self._rx_size += len(data)
+            if self._rx_size < self._rx_need:
+                return
+            data = b"".join(chunks)
+            self._rx_chunks = None
         if (
             self._plain
             and self.state == _STATE_OPEN
@@ -460,15 +560,16 @@ class CrowServerProtocol(WebSocketServerProtocol):
         self._dataReceived(data)
 
     def _complete_frames(self, data: bytes) -> bytes:
-        """Deliver the complete, unfragmented data frames at the start of ``data``.
+        """Deliver the complete, unfragmented data frames in ``data``.
 
         The common case of a connection without compression: whole text or
         binary frames, masked (or unmasked where Crow's lenient mode allows),
-        up to 64 KiB, with valid UTF-8 and within max_payload.  Anything else
-        (control frames, fragments, a frame split across reads, bad data)
-        stops the fast path at that frame's first byte, and autobahn's state
-        machine takes the rest, so every protocol rule is still autobahn's.
-        Returns the bytes not consumed.
+        with valid UTF-8 and within max_payload.  A frame that starts well but
+        is not all there yet is kept (``_rx_*``) until its last byte arrives.
+        Anything else (control frames, fragments, non-minimal lengths, bad
+        data) stops the fast path at that frame's first byte, and autobahn's
+        state machine takes the rest, so every protocol rule is still
+        autobahn's.  Returns the bytes not consumed.
         """
         size = len(data)
         offset = 0
@@ -477,31 +578,48 @@ class CrowServerProtocol(WebSocketServerProtocol):
         lenient = not self.requireMaskedClientFrames
         push = self._events.push
         conn = self.conn
-        while size - offset >= 2:
+        while offset < size:
             first = data[offset]
             if first != 0x81 and first != 0x82:
+                break
+            if size - offset < 2:
+                self._hold(data, offset, 2)
+                offset = size
                 break
             second = data[offset + 1]
             length = second & 0x7F
             start = offset + 2
             if length == 126:
-                if size - offset < 4:
+                start = offset + 4
+                if start > size:
+                    self._hold(data, offset, 4)
+                    offset = size
                     break
                 length = (data[offset + 2] << 8) | data[offset + 3]
-                start = offset + 4
+                if length < 126:
+                    break
             elif length == 127:
-                break
+                start = offset + 10
+                if start > size:
+                    self._hold(data, offset, 10)
+                    offset = size
+                    break
+                length = int.from_bytes(data[offset + 2 : start], "big")
+                if length < 65536 or length >> 63:
+                    break
             if limit and length > limit:
                 break
-            if second & 0x80:
-                end = start + 4 + length
-                if end > size:
-                    break
+            masked = second & 0x80
+            if not masked and not lenient:
+                break
+            end = start + length + (4 if masked else 0)
+            if end > size:
+                self._hold(data, offset, end - offset)
+                offset = size
+                break
+            if masked:
                 payload = _unmask(data[start + 4 : end], data[start : start + 4])
             else:
-                end = start + length
-                if not lenient or end > size:
-                    break
                 payload = data[start:end]
             if first == 0x81:
                 try:
@@ -519,8 +637,18 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self.trafficStats.incomingOctetsWireLevel += offset
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                 self._cancelAutoPingTimeoutCall()
+            if self._rx_chunks is not None:
+                return b""
             return data[offset:]
         return data
+
+    def _hold(self, data: bytes, offset: int, need: int) -> None:
+        """Keep ``data[offset:]``, a frame's start, until ``need`` bytes of it are in."""
+        self._rx_chunks = [data[offset:] if offset else data]
+        self._rx_size = len(data) - offset
+        self._rx_need = need
+        # Counted when the frame is complete and consumed.
+        self.trafficStats.incomingOctetsWireLevel -= self._rx_size
 
     def send_control(self, payload: bytes, ping: bool) -> None:
         """Send a ping or a pong."""
@@ -536,3 +664,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def _resume_reading(self) -> None:
         if self.transport is not None:
             cast(IPushProducer, self.transport).resumeProducing()
+
+
+for _name, _value in _INITIAL_STATE.items():
+    setattr(CrowServerProtocol, _name, _value)
