@@ -14,7 +14,6 @@ from twisted.internet.testing import StringTransport
 
 from crowtwist import Crow
 from crowtwist.websocket import protocol as protocol_module
-from crowtwist.websocket.protocol import _unmask
 
 from . import frames as F
 from .memory import MemoryClient
@@ -35,16 +34,36 @@ def echo_app(**kwargs: Any) -> tuple[Crow, list[tuple[str | bytes, bool]]]:
     return app, seen
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_unmask_matches_the_definition(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unmasking (native above 2 KiB, or the big-integer fallback) equals RFC 6455's byte-by-byte XOR."""
-    if not native:
+@pytest.mark.parametrize("implementation", ["C", "native", "python"])
+def test_unmask_matches_the_definition(implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unmasking (C, autobahn's native masker, or the big-integer XOR) equals RFC 6455's byte-by-byte XOR."""
+    unmask = protocol_module._unmask if implementation == "C" else protocol_module._unmask_python
+    if implementation == "python":
         monkeypatch.setattr(protocol_module, "_native_masker", None)
     key = os.urandom(4)
     for length in list(range(0, 70)) + [125, 126, 127, 2047, 2048, 2049, 65535, 65537]:
         payload = os.urandom(length)
         expected = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        assert _unmask(payload, key) == expected
+        for before, after in ((0, 0), (3, 5)):
+            data = os.urandom(before) + payload + os.urandom(after)
+            assert unmask(data, before, before + length, key) == expected, (length, before)
+
+
+def test_the_c_helper_is_built() -> None:
+    """setup.py's optional extension was compiled, so the fast path runs at C speed here."""
+    assert protocol_module._unmask is not protocol_module._unmask_python
+    with pytest.raises(ValueError):
+        protocol_module._unmask(b"abc", 0, 4, b"keyk")
+    with pytest.raises(ValueError):
+        protocol_module._unmask(b"abc", 0, 3, b"key")
+
+
+@pytest.fixture(params=["C", "python"])
+def unmasking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the C helper and again with the pure-Python fallback."""
+    if request.param == "python":
+        monkeypatch.setattr(protocol_module, "_unmask", protocol_module._unmask_python)
+    return str(request.param)
 
 
 STREAM = [
@@ -61,7 +80,7 @@ STREAM = [
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 5, 7, 64, 1000, 1 << 20])
-def test_any_read_boundaries(step: int) -> None:
+def test_any_read_boundaries(step: int, unmasking: str) -> None:
     """A stream of mixed frames split at any boundary yields the same messages and echoes."""
     app, seen = echo_app()
     client = MemoryClient(app, "/ws")
@@ -74,7 +93,7 @@ def test_any_read_boundaries(step: int) -> None:
     assert [f.opcode for f in client.received() if f.opcode == F.PONG] == [F.PONG]
 
 
-def test_every_split_point_of_one_frame() -> None:
+def test_every_split_point_of_one_frame(unmasking: str) -> None:
     """One masked frame split at every byte position arrives once, intact."""
     frame = F.encode(F.TEXT, "split ✓".encode() * 10)
     for cut in range(1, len(frame)):
@@ -120,7 +139,7 @@ def test_data_frame_inside_a_fragmented_message_is_still_a_violation() -> None:
     assert client.close_frame().close_code == 1002  # type: ignore[union-attr]
 
 
-def test_large_frames_stay_on_the_fast_path() -> None:
+def test_large_frames_stay_on_the_fast_path(unmasking: str) -> None:
     """A 1 MB text frame arriving in 64 KiB reads is delivered whole without autobahn's frame parser."""
     app, seen = echo_app()
     client = MemoryClient(app, "/ws")

@@ -25,7 +25,7 @@ def run(*args: str | Path, cwd: Path | None = None) -> str:
 
 
 def test_wheel_in_fresh_venv(tmp_path: Path) -> None:
-    """A built wheel installs twisted/plugins/crowtwist_plugin.py and nothing of Twisted's own;
+    """A built wheel installs twisted/plugins/crowtwist_plugin.py (and the C helper) and nothing of Twisted's own;
     its twistd lists crow, serves a module's echo, and SIGTERM gives the client 1001 and exit 0."""
     dist = tmp_path / "dist"
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, ROOT)
@@ -33,7 +33,8 @@ def test_wheel_in_fresh_venv(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "twisted/plugins/crowtwist_plugin.py" in names
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
-    assert "crowtwist/py.typed" in names
+    assert "crowtwist/py.typed" in names and "crowtwist/_speedups.pyi" in names
+    assert any(name.startswith("crowtwist/_speedups.") and name.endswith(".so") for name in names)
     assert not any(name.startswith(("tests/", "examples/")) for name in names)
 
     env_dir = tmp_path / "venv"
@@ -66,6 +67,8 @@ def test_wheel_in_fresh_venv(tmp_path: Path) -> None:
         with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
             ws.send("from the wheel")
             assert ws.recv(timeout=10) == "from the wheel"
+            ws.send(b"\xff" * 100_000)  # unmasked by the wheel's compiled helper
+            assert ws.recv(timeout=10) == b"\xff" * 100_000
             server.process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=10)

@@ -95,9 +95,10 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
-def _unmask(payload: bytes, key: bytes) -> bytes:
-    """``payload`` XOR the repeated 4-byte ``key`` (RFC 6455 5.3)."""
-    length = len(payload)
+def _unmask_python(data: bytes, start: int, end: int, key: bytes) -> bytes:
+    """``data[start:end]`` XOR the repeated 4-byte ``key`` (RFC 6455 5.3), without the C helper."""
+    length = end - start
+    payload = data[start:end]
     if length >= _NATIVE_FROM and _native_masker is not None:
         return bytes(_native_masker(key, length).process(payload))
     if not length:
@@ -106,12 +107,18 @@ def _unmask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(length, "little")
 
 
-# autobahn's native (NVX) masker costs ~4 us to set up, then runs at memory
-# speed; one big-integer XOR is faster below ~2 KiB and is the fallback.
+# Without the C helper: autobahn's native (NVX) masker costs ~4 us to set up,
+# then runs at memory speed; one big-integer XOR is faster below ~2 KiB.
 _NATIVE_FROM = 2048
 _native_masker: Callable[[bytes, int], Any] | None = (
     getattr(xormasker, "create_xor_masker") if USES_NVX else None  # defined per backend, not re-exported
 )
+
+_unmask: Callable[[bytes, int, int, bytes], bytes]
+try:
+    from .._speedups import unmask as _unmask
+except ImportError:  # not compiled (setup.py marks it optional)
+    _unmask = _unmask_python
 
 
 _INTERNAL_ERROR = 1011
@@ -285,7 +292,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _error_reported = False
     _close_reported = False
     # The fast path's incomplete frame: its pieces, their size, the size it needs.
-    _rx_chunks: list[bytes] | None = None
+    _rx_chunks: list[bytes | memoryview] | None = None
     _rx_size = 0
     _rx_need = 0
 
@@ -618,7 +625,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 offset = size
                 break
             if masked:
-                payload = _unmask(data[start + 4 : end], data[start : start + 4])
+                payload = _unmask(data, start + 4, end, data[start : start + 4])
             else:
                 payload = data[start:end]
             if first == 0x81:
@@ -644,7 +651,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     def _hold(self, data: bytes, offset: int, need: int) -> None:
         """Keep ``data[offset:]``, a frame's start, until ``need`` bytes of it are in."""
-        self._rx_chunks = [data[offset:] if offset else data]
+        self._rx_chunks = [memoryview(data)[offset:] if offset else data]
         self._rx_size = len(data) - offset
         self._rx_need = need
         # Counted when the frame is complete and consumed.
