@@ -294,3 +294,64 @@ def test_route_origins_follow_allow_null_origin() -> None:
     assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 101
     app.settings.allow_null_origin = False
     assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 403
+
+
+def test_backlog_while_the_transport_is_paused() -> None:
+    """While the transport is over its high-water mark, frames wait in order; a resume sends them and fires drained()."""
+    app = Crow().websocket_limits(max_send_buffer=1000, keepalive_interval=None)
+    app.route("/ws").websocket()
+    client = MemoryClient(app, "/ws")
+    conn = client.protocol.conn
+    flow = client.transport.producer
+    flow.pauseProducing()
+    assert not conn.writable
+    drained = conn.drained()
+    for i in range(3):
+        conn.send_text(f"m{i}" * 100)  # 600 bytes held, under the bound
+    conn.send_ping(b"p")
+    assert client.received() == [] and not drained.called
+    flow.resumeProducing()
+    assert drained.called and conn.writable
+    assert [f.opcode for f in client.received()] == [F.TEXT] * 3 + [F.PING]
+    assert client.messages() == [f"m{i}" * 100 for i in range(3)]
+    # A reader that keeps up, paused and resumed over and over, is never cut off.
+    for _ in range(50):
+        flow.pauseProducing()
+        conn.send_binary(b"x" * 900)
+        flow.resumeProducing()
+    assert client.close_frame() is None and len(client.messages()) == 53
+
+
+def test_backlog_over_the_bound_closes_after_what_was_sent() -> None:
+    """Past max_send_buffer the 1008 close frame queues behind the held frames; a clean close flushes them."""
+    app = Crow().websocket_limits(max_send_buffer=1000, keepalive_interval=None)
+    closes: list[int] = []
+    app.route("/ws").websocket().onclose(lambda conn, reason, code: closes.append(code))
+    client = MemoryClient(app, "/ws")
+    conn = client.protocol.conn
+    client.transport.producer.pauseProducing()
+    for _ in range(3):
+        conn.send_binary(b"y" * 400)
+    conn.send_binary(b"late")  # after the close began: dropped, as for any closing connection
+    assert client.received() == []
+    client.transport.producer.resumeProducing()
+    frames = client.received()
+    assert [f.opcode for f in frames] == [F.BINARY] * 3 + [F.CLOSE]
+    assert frames[-1].close_code == 1008
+    client.finish_close()
+    assert closes == [1008]
+
+
+def test_clean_close_flushes_the_backlog() -> None:
+    """A peer's close arriving while frames are held back: they and the close reply go out before the TCP close."""
+    app = Crow().websocket_limits(keepalive_interval=None)
+    app.route("/ws").websocket()
+    client = MemoryClient(app, "/ws")
+    conn = client.protocol.conn
+    client.transport.producer.pauseProducing()
+    conn.send_binary(b"1")
+    conn.send_binary(b"2")
+    assert client.received() == []
+    client.send_close(1000)
+    assert client.transport.disconnecting
+    assert [f.opcode for f in client.received()] == [F.BINARY, F.BINARY, F.CLOSE]

@@ -60,8 +60,6 @@ class Connection:
         "_writable",
         "_drain_waiters",
         "_thread",
-        "_unread",
-        "_unread_limit",
         "__weakref__",
     )
 
@@ -86,9 +84,6 @@ class Connection:
         self._drain_waiters: list[Deferred[None]] = []
         # Made by the protocol, so on the reactor thread: sends from others hop over.
         self._thread = get_ident()
-        # Bytes sent while the transport had us paused: roughly what the peer has not read.
-        self._unread = 0
-        self._unread_limit = rule.app.settings.max_send_buffer
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -126,15 +121,7 @@ class Connection:
             return
         protocol = self._protocol
         if protocol is not None and protocol.state == _OPEN:
-            # Only what is sent while the peer is already behind counts: one large
-            # message (up to max_payload, e.g. an echo) is not a slow reader.
-            behind = not self._writable
             protocol.send_message(payload, is_binary)
-            if behind:
-                self._unread += len(payload)
-                limit = self._unread_limit
-                if limit is not None and self._unread > limit:
-                    protocol.send_buffer_exceeded(self._unread)
 
     def send_ping(self, data: bytes = b"") -> None:
         """Send a ping (at most 125 bytes of payload)."""
@@ -182,8 +169,6 @@ class Connection:
 
     def _set_writable(self, writable: bool) -> None:
         self._writable = writable
-        if writable:
-            self._unread = 0
         if writable and self._drain_waiters:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:

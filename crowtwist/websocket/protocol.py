@@ -129,19 +129,25 @@ _POLICY_VIOLATION = 1008
 class _OutgoingFlow:
     """Registered on the transport: it pauses us when the peer reads too slowly."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_protocol",)
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, protocol: CrowServerProtocol) -> None:
+        self._protocol = protocol
 
     def pauseProducing(self) -> None:
-        self._conn._set_writable(False)
+        self._protocol._outgoing_paused(True)
 
     def resumeProducing(self) -> None:
-        self._conn._set_writable(True)
+        self._protocol._outgoing_paused(False)
 
     def stopProducing(self) -> None:
-        self._conn._set_writable(True)
+        self._protocol._outgoing_stopped()
+
+
+# Twisted reads 64 KiB at a time, so each 64 KiB message took two reads and a
+# join; asyncio reads 256 KiB.  It is also the transport's high-water mark, above
+# which frames wait in the connection's backlog (bounded by max_send_buffer).
+_READ_SIZE = 256 * 1024
 
 
 class RuleFactory(WebSocketServerFactory):
@@ -295,6 +301,12 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _rx_chunks: list[bytes | memoryview] | None = None
     _rx_size = 0
     _rx_need = 0
+    # Frames held back while the transport has paused us (its buffer is over
+    # the high-water mark): exactly what the peer is behind by beyond that mark.
+    _backlog: deque[bytes] | None = None
+    _backlog_size = 0
+    _paused_out = False
+    _over_limit = False
 
     # Only a connection that autobahn's general paths serve needs these.
     @cached_property
@@ -382,7 +394,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # No extension in use: frames are plain, and the fast paths apply.
         self._plain = self._perMessageCompress is None and not self.autoFragmentSize
         rule._opened(conn)
-        cast(IConsumer, self.transport).registerProducer(_OutgoingFlow(conn), True)
+        transport: Any = self.transport
+        cast(IConsumer, transport).registerProducer(_OutgoingFlow(self), True)
+        if isinstance(getattr(transport, "bufferSize", None), int):
+            transport.bufferSize = _READ_SIZE
         log.debug("WebSocket opened: {route} from {peer}", route=rule.pattern, peer=conn.get_remote_ip())
         self._events.push(rule.open_handler, conn)
 
@@ -402,7 +417,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         if sync or chopsize or self.__dict__.get("send_queue") or self.logOctets:
             WebSocketServerProtocol.sendData(self, data, sync, chopsize)
             return
-        cast(ITransport, self.transport).write(data)
+        self._write(data)
         if self.state == _STATE_OPEN:
             self.trafficStats.outgoingOctetsWireLevel += len(data)
         else:
@@ -531,11 +546,12 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 header = _HEADER_16.pack(first, 126, length)
             else:
                 header = _HEADER_64.pack(first, 127, length)
-            transport = cast(ITransport, self.transport)
-            if length < 4096:
-                transport.write(header + payload)
+            if self._paused_out or self._backlog:
+                self._hold_back(header + payload if length < 4096 else header, payload if length >= 4096 else b"")
+            elif length < 4096:
+                cast(ITransport, self.transport).write(header + payload)
             else:
-                transport.writeSequence((header, payload))
+                cast(ITransport, self.transport).writeSequence((header, payload))
             self.trafficStats.outgoingOctetsWireLevel += len(header) + length
         else:
             WebSocketServerProtocol.sendMessage(self, payload, is_binary)
@@ -663,6 +679,59 @@ class CrowServerProtocol(WebSocketServerProtocol):
             WebSocketServerProtocol.sendPing(self, payload or None)
         else:
             WebSocketServerProtocol.sendPong(self, payload or None)
+
+    # Outgoing flow.
+
+    def _write(self, data: bytes) -> None:
+        if self._paused_out or self._backlog:
+            self._hold_back(data)
+        else:
+            cast(ITransport, self.transport).write(data)
+
+    def _hold_back(self, data: bytes, more: bytes = b"") -> None:
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+        backlog.append(data)
+        if more:
+            backlog.append(more)
+        self._backlog_size += len(data) + len(more)
+        limit = self._rule.app.settings.max_send_buffer
+        if limit is not None and self._backlog_size > limit and not self._over_limit:
+            self._over_limit = True  # the close frame sent next lands here too
+            self.send_buffer_exceeded(self._backlog_size)
+
+    def _outgoing_paused(self, paused: bool) -> None:
+        """The transport's buffer went over (``True``) or back under its high-water mark."""
+        self._paused_out = paused
+        backlog = self._backlog
+        if not paused and backlog:
+            transport = cast(ITransport, self.transport)
+            # Each write may pause us again, synchronously: then the rest waits.
+            while backlog and not self._paused_out:
+                data = backlog.popleft()
+                self._backlog_size -= len(data)
+                transport.write(data)
+            if not backlog:
+                self._over_limit = False
+        if self.conn is not None:
+            self.conn._set_writable(not self._paused_out)
+
+    def _outgoing_stopped(self) -> None:
+        self._backlog = None
+        self._backlog_size = 0
+        self._paused_out = False
+        if self.conn is not None:
+            self.conn._set_writable(True)
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        # A clean close flushes: the transport sends what it holds before closing.
+        backlog = self._backlog
+        if backlog and not abort and self.transport is not None:
+            self._backlog = None
+            self._backlog_size = 0
+            self.transport.writeSequence(list(backlog))
+        super()._closeConnection(abort)
 
     def _pause_reading(self) -> None:
         if self.transport is not None:
