@@ -27,6 +27,7 @@ from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.logger import Logger
@@ -144,9 +145,10 @@ class _OutgoingFlow:
         self._protocol._outgoing_stopped()
 
 
-# Twisted reads 64 KiB at a time, so each 64 KiB message took two reads and a
-# join; asyncio reads 256 KiB.  It is also the transport's high-water mark, above
-# which frames wait in the connection's backlog (bounded by max_send_buffer).
+# Twisted reads and sends at most 64 KiB and 128 KiB at a time, so each 64 KiB
+# message took two reads and a join; asyncio reads 256 KiB.  The read size is also
+# the transport's high-water mark, above which frames wait in the connection's
+# backlog (bounded by max_send_buffer).
 _READ_SIZE = 256 * 1024
 
 
@@ -396,9 +398,9 @@ class CrowServerProtocol(WebSocketServerProtocol):
         rule._opened(conn)
         transport: Any = self.transport
         cast(IConsumer, transport).registerProducer(_OutgoingFlow(self), True)
-        if isinstance(getattr(transport, "bufferSize", None), int):
+        if isinstance(transport, tcp.Connection):
             transport.bufferSize = _READ_SIZE
-        log.debug("WebSocket opened: {route} from {peer}", route=rule.pattern, peer=conn.get_remote_ip())
+            transport.SEND_LIMIT = _READ_SIZE
         self._events.push(rule.open_handler, conn)
 
     # Per-message costs of autobahn's generic paths that this protocol has no use for.
@@ -479,13 +481,6 @@ class CrowServerProtocol(WebSocketServerProtocol):
             reason = reason or ""
         else:
             code, reason = 1006, "uncleanly"
-        log.debug(
-            "WebSocket closed: {route} from {peer}, {code} {reason!r}",
-            route=rule.pattern,
-            peer=conn.get_remote_ip(),
-            code=code,
-            reason=reason,
-        )
         self._events.push(rule.close_handler, conn, reason, code, essential=True)
         self._events.push(Handler.fitted(self._fire_closed, "onclose", 0), essential=True)
 
