@@ -221,6 +221,7 @@ def test_slow_reader_backpressure(serve: Any) -> Iterator[Any]:
     total = 400  # 25 MiB, far beyond the socket buffers
 
     async def producer(conn: Connection) -> None:
+        state["direct"] = conn._protocol is not None and conn._protocol._direct is not None
         for i in range(total):
             if not conn.writable:
                 state["paused"] += 1
@@ -243,6 +244,7 @@ def test_slow_reader_backpressure(serve: Any) -> Iterator[Any]:
     numbers = [int.from_bytes(f.payload[:4], "big") for f in frames[:total]]
     assert numbers == list(range(total))
     assert state["sent"] == total
+    assert state["direct"]  # plain TCP: frames went to the socket directly
     client.transport.loseConnection()
 
 

@@ -29,7 +29,7 @@ from autobahn.websocket.compress import (
 )
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
+from twisted.internet.interfaces import IAddress, IConsumer, IPullProducer, IPushProducer, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -126,9 +126,14 @@ _INTERNAL_ERROR = 1011
 _POLICY_VIOLATION = 1008
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IPullProducer)
 class _OutgoingFlow:
-    """Registered on the transport: it pauses us when the peer reads too slowly."""
+    """Registered on the transport: it tells us when the transport's buffer drained.
+
+    A push producer over TLS (paused above the transport's high-water mark);
+    a pull producer on plain TCP, where frames go to the socket directly and
+    the transport holds only what the socket did not take.
+    """
 
     __slots__ = ("_protocol",)
 
@@ -309,6 +314,12 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _backlog_size = 0
     _paused_out = False
     _over_limit = False
+    # Plain TCP: the transport's writeSomeData, one send(2) now instead of a
+    # buffered write, an epoll change and a reactor turn (_send_out).
+    _direct: Callable[[bytes], object] | None = None
+    # The frames written while one read is handled, sent together at its end.
+    _cork: list[bytes] | None = None
+    _cork_size = 0
 
     # Only a connection that autobahn's general paths serve needs these.
     @cached_property
@@ -397,10 +408,16 @@ class CrowServerProtocol(WebSocketServerProtocol):
         self._plain = self._perMessageCompress is None and not self.autoFragmentSize
         rule._opened(conn)
         transport: Any = self.transport
-        cast(IConsumer, transport).registerProducer(_OutgoingFlow(self), True)
         if isinstance(transport, tcp.Connection):
             transport.bufferSize = _READ_SIZE
             transport.SEND_LIMIT = _READ_SIZE
+            transport.registerProducer(_OutgoingFlow(self), False)
+            self._direct = transport.writeSomeData
+            # The 101 (and whatever twisted.web wrote before) is in the
+            # transport's buffer: the rest waits for its drain.
+            self._paused_out = True
+        else:
+            cast(IConsumer, transport).registerProducer(_OutgoingFlow(self), True)
         self._events.push(rule.open_handler, conn)
 
     # Per-message costs of autobahn's generic paths that this protocol has no use for.
@@ -541,12 +558,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 header = _HEADER_16.pack(first, 126, length)
             else:
                 header = _HEADER_64.pack(first, 127, length)
-            if self._paused_out or self._backlog:
-                self._hold_back(header + payload if length < 4096 else header, payload if length >= 4096 else b"")
-            elif length < 4096:
-                cast(ITransport, self.transport).write(header + payload)
-            else:
-                cast(ITransport, self.transport).writeSequence((header, payload))
+            self._write(header + payload)
             self.trafficStats.outgoingOctetsWireLevel += len(header) + length
         else:
             WebSocketServerProtocol.sendMessage(self, payload, is_binary)
@@ -554,6 +566,18 @@ class CrowServerProtocol(WebSocketServerProtocol):
     # The receive fast path.
 
     def dataReceived(self, data: bytes) -> None:
+        if self._direct is None:
+            self._receive(data)
+            return
+        # One send for all the replies to one read, as Twisted's buffer gave.
+        self._cork = []
+        try:
+            self._receive(data)
+        finally:
+            self._uncork()
+            self._cork = None
+
+    def _receive(self, data: bytes) -> None:
         # autobahn's dataReceived formats a debug line per read even with logging
         # off; its _dataReceived is the same without that.
         chunks = self._rx_chunks
@@ -678,39 +702,90 @@ class CrowServerProtocol(WebSocketServerProtocol):
     # Outgoing flow.
 
     def _write(self, data: bytes) -> None:
+        cork = self._cork
+        if cork is not None:
+            cork.append(data)
+            self._cork_size += len(data)
+            if self._cork_size >= _READ_SIZE:
+                # Enough for one send; it also tells a sending loop if the peer is behind.
+                self._uncork()
+        elif self._paused_out or self._backlog:
+            self._hold_back(data)
+        else:
+            self._send_out(data)
+
+    def _uncork(self) -> None:
+        cork = self._cork
+        if not cork:
+            return
+        data = cork[0] if len(cork) == 1 else b"".join(cork)
+        cork.clear()
+        self._cork_size = 0
         if self._paused_out or self._backlog:
             self._hold_back(data)
         else:
-            cast(ITransport, self.transport).write(data)
+            self._send_out(data)
 
-    def _hold_back(self, data: bytes, more: bytes = b"") -> None:
+    def _send_out(self, data: bytes) -> None:
+        direct = self._direct
+        transport: Any = self.transport
+        if direct is None or transport.disconnecting:
+            transport.write(data)
+            return
+        sent = direct(data)
+        if sent == len(data):
+            return
+        # The socket is full (or gone: the reactor will say so): the transport
+        # keeps the rest, and frames wait in the backlog until it has drained.
+        transport.write(data[sent:] if isinstance(sent, int) and sent > 0 else data)
+        self._paused_out = True
+
+    def _hold_back(self, data: bytes) -> None:
         backlog = self._backlog
         if backlog is None:
             backlog = self._backlog = deque()
         backlog.append(data)
-        if more:
-            backlog.append(more)
-        self._backlog_size += len(data) + len(more)
+        self._backlog_size += len(data)
+        if self.conn is not None and self.conn.writable:
+            self._update_writable()
         limit = self._rule.app.settings.max_send_buffer
         if limit is not None and self._backlog_size > limit and not self._over_limit:
             self._over_limit = True  # the close frame sent next lands here too
             self.send_buffer_exceeded(self._backlog_size)
 
     def _outgoing_paused(self, paused: bool) -> None:
-        """The transport's buffer went over (``True``) or back under its high-water mark."""
+        """The transport's buffer went over its high-water mark (``True``), or drained."""
+        transport: Any = self.transport
+        if not paused and self._direct is not None and transport.disconnecting:
+            # A pull producer would keep a closing transport from finishing.
+            transport.unregisterProducer()
+            return
         self._paused_out = paused
         backlog = self._backlog
         if not paused and backlog:
-            transport = cast(ITransport, self.transport)
-            # Each write may pause us again, synchronously: then the rest waits.
-            while backlog and not self._paused_out:
-                data = backlog.popleft()
-                self._backlog_size -= len(data)
-                transport.write(data)
-            if not backlog:
+            if self._direct is not None:
+                self._backlog = None
+                self._backlog_size = 0
+                self._send_out(b"".join(backlog))
+            else:
+                # Each write may pause us again, synchronously: then the rest waits.
+                while backlog and not self._paused_out:
+                    data = backlog.popleft()
+                    self._backlog_size -= len(data)
+                    transport.write(data)
+            if not self._backlog:
                 self._over_limit = False
-        if self.conn is not None:
-            self.conn._set_writable(not self._paused_out)
+        self._update_writable()
+
+    def _update_writable(self) -> None:
+        # Writable while at most a high-water mark's worth waits to go out:
+        # over TLS the transport's own buffer, on plain TCP the backlog.
+        conn = self.conn
+        if conn is not None:
+            if self._direct is None:
+                conn._set_writable(not self._paused_out)
+            else:
+                conn._set_writable(self._backlog_size <= _READ_SIZE)
 
     def _outgoing_stopped(self) -> None:
         self._backlog = None
@@ -721,11 +796,14 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     def _closeConnection(self, abort: bool = False) -> None:
         # A clean close flushes: the transport sends what it holds before closing.
-        backlog = self._backlog
-        if backlog and not abort and self.transport is not None:
-            self._backlog = None
-            self._backlog_size = 0
-            self.transport.writeSequence(list(backlog))
+        held = list(self._backlog or ()) + (self._cork or [])
+        self._backlog = None
+        self._backlog_size = 0
+        if self._cork:
+            self._cork.clear()
+            self._cork_size = 0
+        if held and not abort and self.transport is not None:
+            self.transport.writeSequence(held)
         super()._closeConnection(abort)
 
     def _pause_reading(self) -> None:
