@@ -32,6 +32,8 @@ class DeadlineChannel(HTTPChannel):
     handshake_timeout: float | None = None
     _deadline: IDelayedCall | None = None
     _upgraded = False
+    wrote = False
+    """Whether a response was written: until then the transport's buffer is empty."""
 
     def connectionMade(self) -> None:
         HTTPChannel.connectionMade(self)
@@ -46,6 +48,18 @@ class DeadlineChannel(HTTPChannel):
         HTTPChannel.allHeadersReceived(self)
         if self.requests and not wants_upgrade(self.requests[-1]):
             self._disarm()
+
+    def write(self, data: bytes) -> None:
+        self.wrote = True
+        HTTPChannel.write(self, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.wrote = True
+        HTTPChannel.writeSequence(self, iovec)
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        self.wrote = True
+        HTTPChannel.writeHeaders(self, version, code, reason, headers)
 
     def upgraded(self) -> None:
         """The 101 is on its way: the deadline is met."""

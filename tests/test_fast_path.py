@@ -214,3 +214,12 @@ def test_connections_start_with_autobahns_state() -> None:
     for name in WebSocketServerProtocol.CONFIG_ATTRS:
         assert getattr(ours, name) == getattr(factory, name), name
     assert not set(vars(ours)) & set(WebSocketServerProtocol.CONFIG_ATTRS)
+
+
+def test_frames_in_the_same_read_as_the_handshake() -> None:
+    """A client that sends frames right behind its handshake, without waiting for the 101, loses none."""
+    app, seen = echo_app()
+    client = MemoryClient(app, "/ws", raw=F.handshake("/ws") + F.encode(F.TEXT, b"early") + F.encode(F.BINARY, b"\x01"))
+    assert client.status == 101
+    assert seen == [("early", False), (b"\x01", True)]
+    assert client.messages() == ["early", b"\x01"]

@@ -355,3 +355,40 @@ def test_clean_close_flushes_the_backlog() -> None:
     client.send_close(1000)
     assert client.transport.disconnecting
     assert [f.opcode for f in client.received()] == [F.BINARY, F.BINARY, F.CLOSE]
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+@pytest_twisted.inlineCallbacks
+def test_upgrade_after_earlier_responses_keeps_their_order(site_port: Any, pipelined: bool) -> Iterator[Any]:
+    """An upgrade pipelined behind plain requests gets its 101 after their responses, then echoes.
+
+    The first request of a connection lets the 101 go to the socket directly;
+    after earlier responses it waits for the transport to drain them first.
+    """
+    import socket
+
+    from twisted.internet.threads import deferToThread
+
+    app = Crow()
+    app.route("/hello")(lambda: "x" * 300_000)
+    app.route("/ws").websocket().onopen(lambda conn: conn.send_text("hi")).onmessage(
+        lambda conn, data, is_binary: conn.send_text(data)
+    )
+    port = site_port(app)
+    plain = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * (2 if pipelined else 0)
+
+    def client() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(plain + F.handshake("/ws") + F.encode(F.TEXT, b"echo me"))
+            data = b""
+            while not data.endswith(b"echo me"):
+                chunk = sock.recv(1 << 16)
+                assert chunk, data[-200:]
+                data += chunk
+            return data
+
+    data = yield within(deferToThread(client))
+    responses = data.split(b"HTTP/1.1 ")[1:]
+    assert [r[:3] for r in responses] == [b"200"] * (2 if pipelined else 0) + [b"101"]
+    frames, rest = F.decode_all(responses[-1].partition(b"\r\n\r\n")[2])
+    assert [f.payload for f in frames] == [b"hi", b"echo me"] and rest == b""

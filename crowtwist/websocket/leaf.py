@@ -189,7 +189,13 @@ class WebSocketLeaf(WebSocketResource):
             params=getattr(request, "route_params", ()),
             userdata=cast(Any, request).userdata,
             path=request.path.decode("latin-1"),
+            # twisted.web writes a 100 Continue for an Expect header on its own.
+            fresh=isinstance(channel, DeadlineChannel) and not channel.wrote and not request.getHeader(b"expect"),
         )
+        # Bytes that came in the same read as the request head (a client that
+        # did not wait for the 101) are still on their way through the channel's
+        # line parser, which hands them to rawDataReceived once this returns.
+        channel.rawDataReceived = protocol.dataReceived
 
 
 def _client_host(request: Request) -> str:

@@ -360,8 +360,22 @@ class CrowServerProtocol(WebSocketServerProtocol):
         params: Sequence[ParamValue],
         userdata: object,
         path: str,
+        fresh: bool = False,
     ) -> None:
-        """Complete the opening handshake for a request twisted.web has parsed and checked."""
+        """Complete the opening handshake for a request twisted.web has parsed and checked.
+
+        ``fresh``: nothing was written on this connection before (the upgrade
+        is its first request), so the 101 can go to the socket directly.
+        """
+        transport: Any = self.transport
+        if isinstance(transport, tcp.Connection):
+            transport.bufferSize = _READ_SIZE
+            transport.SEND_LIMIT = _READ_SIZE
+            transport.registerProducer(_OutgoingFlow(self), False)
+            if fresh:
+                self._direct = transport.writeSomeData
+        else:
+            cast(IConsumer, transport).registerProducer(_OutgoingFlow(self), True)
         self.http_request_path = path
         self.http_request_uri = path
         self.websocket_version = 13
@@ -376,6 +390,11 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 self._rule.effective_max_payload, _offered_client_bits(self.websocket_extensions)
             )
         self.succeedHandshake(subprotocol)
+        if not fresh and isinstance(transport, tcp.Connection) and transport.connected:
+            # Earlier responses may have been in the transport's buffer, so the
+            # 101 (and what onopen sent) went there too: direct sends wait for its drain.
+            self._direct = transport.writeSomeData
+            self._paused_out = True
         # A dict rebuilt without the handshake's leftovers is sized to what stays.
         self.__dict__ = {k: v for k, v in self.__dict__.items() if k not in _HANDSHAKE_ONLY}
 
@@ -407,17 +426,6 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # No extension in use: frames are plain, and the fast paths apply.
         self._plain = self._perMessageCompress is None and not self.autoFragmentSize
         rule._opened(conn)
-        transport: Any = self.transport
-        if isinstance(transport, tcp.Connection):
-            transport.bufferSize = _READ_SIZE
-            transport.SEND_LIMIT = _READ_SIZE
-            transport.registerProducer(_OutgoingFlow(self), False)
-            self._direct = transport.writeSomeData
-            # The 101 (and whatever twisted.web wrote before) is in the
-            # transport's buffer: the rest waits for its drain.
-            self._paused_out = True
-        else:
-            cast(IConsumer, transport).registerProducer(_OutgoingFlow(self), True)
         self._events.push(rule.open_handler, conn)
 
     # Per-message costs of autobahn's generic paths that this protocol has no use for.
