@@ -10,6 +10,7 @@ extensions, writes the 101 and moves the protocol to OPEN.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections import deque
 from functools import cached_property
@@ -155,6 +156,8 @@ class _OutgoingFlow:
 # the transport's high-water mark, above which frames wait in the connection's
 # backlog (bounded by max_send_buffer).
 _READ_SIZE = 256 * 1024
+# Frames gathered into one sendmsg(2); more small ones are cheaper joined.
+_MAX_PARTS = 64
 
 
 class RuleFactory(WebSocketServerFactory):
@@ -308,15 +311,16 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _rx_chunks: list[bytes | memoryview] | None = None
     _rx_size = 0
     _rx_need = 0
+    _rx_whole = False
     # Frames held back while the transport has paused us (its buffer is over
     # the high-water mark): exactly what the peer is behind by beyond that mark.
     _backlog: deque[bytes] | None = None
     _backlog_size = 0
     _paused_out = False
     _over_limit = False
-    # Plain TCP: the transport's writeSomeData, one send(2) now instead of a
+    # Plain TCP: the transport's socket, for one sendmsg(2) now instead of a
     # buffered write, an epoll change and a reactor turn (_send_out).
-    _direct: Callable[[bytes], object] | None = None
+    _socket: socket.socket | None = None
     # The frames written while one read is handled, sent together at its end.
     _cork: list[bytes] | None = None
     _cork_size = 0
@@ -373,7 +377,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
             transport.SEND_LIMIT = _READ_SIZE
             transport.registerProducer(_OutgoingFlow(self), False)
             if fresh:
-                self._direct = transport.writeSomeData
+                self._socket = transport.getHandle()
         else:
             cast(IConsumer, transport).registerProducer(_OutgoingFlow(self), True)
         self.http_request_path = path
@@ -393,7 +397,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         if not fresh and isinstance(transport, tcp.Connection) and transport.connected:
             # Earlier responses may have been in the transport's buffer, so the
             # 101 (and what onopen sent) went there too: direct sends wait for its drain.
-            self._direct = transport.writeSomeData
+            self._socket = transport.getHandle()
             self._paused_out = True
         # A dict rebuilt without the handshake's leftovers is sized to what stays.
         self.__dict__ = {k: v for k, v in self.__dict__.items() if k not in _HANDSHAKE_ONLY}
@@ -566,7 +570,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 header = _HEADER_16.pack(first, 126, length)
             else:
                 header = _HEADER_64.pack(first, 127, length)
-            self._write(header + payload)
+            if length < 1024:
+                self._write(header + payload)
+            else:
+                self._write(header, payload)
             self.trafficStats.outgoingOctetsWireLevel += len(header) + length
         else:
             WebSocketServerProtocol.sendMessage(self, payload, is_binary)
@@ -574,7 +581,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     # The receive fast path.
 
     def dataReceived(self, data: bytes) -> None:
-        if self._direct is None:
+        if self._socket is None:
             self._receive(data)
             return
         # One send for all the replies to one read, as Twisted's buffer gave.
@@ -589,14 +596,27 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # autobahn's dataReceived formats a debug line per read even with logging
         # off; its _dataReceived is the same without that.
         chunks = self._rx_chunks
-        if chunks is not None:
-            # The fast path holds the start of a frame: wait for all of it.
+        if chunks is None:
+            self._deliver(data, 0)
+            return
+        # The fast path holds the start of a frame: wait for all of it.
+        self._rx_size += len(data)
+        if self._rx_size < self._rx_need:
             chunks.append(data)
-            self._rx_size += len(data)
-            if self._rx_size < self._rx_need:
-                return
-            data = b"".join(chunks)
-            self._rx_chunks = None
+            return
+        self._rx_chunks = None
+        extra = self._rx_size - self._rx_need
+        if extra and self._rx_whole:
+            # Join only the held frame; the rest of this read is parsed in place.
+            offset = len(data) - extra
+            chunks.append(memoryview(data)[:offset])
+            self._deliver(b"".join(chunks), 0)  # a whole frame: nothing is held again
+            self._deliver(data, offset)
+            return
+        chunks.append(data)
+        self._deliver(b"".join(chunks), 0)
+
+    def _deliver(self, data: bytes, offset: int) -> None:
         if (
             self._plain
             and self.state == _STATE_OPEN
@@ -604,12 +624,12 @@ class CrowServerProtocol(WebSocketServerProtocol):
             and self.current_frame is None
             and not self.inside_message  # a fragmented message is autobahn's to finish
         ):
-            data = self._complete_frames(data)
-            if not data:
+            offset = self._complete_frames(data, offset)
+            if offset >= len(data):
                 return
-        self._dataReceived(data)
+        self._dataReceived(data[offset:] if offset else data)
 
-    def _complete_frames(self, data: bytes) -> bytes:
+    def _complete_frames(self, data: bytes, start_offset: int) -> int:
         """Deliver the complete, unfragmented data frames in ``data``.
 
         The common case of a connection without compression: whole text or
@@ -619,10 +639,11 @@ class CrowServerProtocol(WebSocketServerProtocol):
         Anything else (control frames, fragments, non-minimal lengths, bad
         data) stops the fast path at that frame's first byte, and autobahn's
         state machine takes the rest, so every protocol rule is still
-        autobahn's.  Returns the bytes not consumed.
+        autobahn's.  Starts at ``start_offset``; returns where the bytes not
+        consumed start (``len(data)`` when all were, or are held).
         """
         size = len(data)
-        offset = 0
+        offset = start_offset
         handler = self._rule.message_handler
         limit = self.maxMessagePayloadSize
         lenient = not self.requireMaskedClientFrames
@@ -683,20 +704,18 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 push(handler, conn, message, first == 0x82)
             if self.state != _STATE_OPEN:
                 break
-        if offset:
-            self.trafficStats.incomingOctetsWireLevel += offset
+        if offset > start_offset:
+            self.trafficStats.incomingOctetsWireLevel += offset - start_offset
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                 self._cancelAutoPingTimeoutCall()
-            if self._rx_chunks is not None:
-                return b""
-            return data[offset:]
-        return data
+        return offset
 
     def _hold(self, data: bytes, offset: int, need: int) -> None:
         """Keep ``data[offset:]``, a frame's start, until ``need`` bytes of it are in."""
         self._rx_chunks = [memoryview(data)[offset:] if offset else data]
         self._rx_size = len(data) - offset
         self._rx_need = need
+        self._rx_whole = need > 10  # the whole frame, not just enough to read its header
         # Counted when the frame is complete and consumed.
         self.trafficStats.incomingOctetsWireLevel -= self._rx_size
 
@@ -709,43 +728,56 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     # Outgoing flow.
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, more: bytes = b"") -> None:
         cork = self._cork
+        size = len(data) + len(more)
         if cork is not None:
             cork.append(data)
-            self._cork_size += len(data)
+            if more:
+                cork.append(more)
+            self._cork_size += size
             if self._cork_size >= _READ_SIZE:
                 # Enough for one send; it also tells a sending loop if the peer is behind.
                 self._uncork()
         elif self._paused_out or self._backlog:
-            self._hold_back(data)
+            self._hold_back(data + more if more else data)
         else:
-            self._send_out(data)
+            self._send_out([data, more] if more else [data], size)
 
     def _uncork(self) -> None:
         cork = self._cork
         if not cork:
             return
-        data = cork[0] if len(cork) == 1 else b"".join(cork)
+        parts = cork[:]
+        size = self._cork_size
         cork.clear()
         self._cork_size = 0
         if self._paused_out or self._backlog:
-            self._hold_back(data)
+            self._hold_back(b"".join(parts))
         else:
-            self._send_out(data)
+            self._send_out(parts, size)
 
-    def _send_out(self, data: bytes) -> None:
-        direct = self._direct
+    def _send_out(self, parts: list[bytes], size: int) -> None:
+        sock = self._socket
         transport: Any = self.transport
-        if direct is None or transport.disconnecting:
-            transport.write(data)
+        if sock is None or transport.disconnecting:
+            transport.writeSequence(parts)
             return
-        sent = direct(data)
-        if sent == len(data):
+        if len(parts) > _MAX_PARTS:
+            parts = [b"".join(parts)]
+        try:
+            # Gathered by the kernel: no copy to put headers and payloads together.
+            sent = sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1  # the transport meets the error on its next write and closes
+        if sent == size:
             return
-        # The socket is full (or gone: the reactor will say so): the transport
-        # keeps the rest, and frames wait in the backlog until it has drained.
-        transport.write(data[sent:] if isinstance(sent, int) and sent > 0 else data)
+        # The socket is full (or gone): the transport keeps the rest, and
+        # frames wait in the backlog until it has drained.
+        data = b"".join(parts)
+        transport.write(data[sent:] if sent > 0 else data)
         self._paused_out = True
 
     def _hold_back(self, data: bytes) -> None:
@@ -764,17 +796,18 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def _outgoing_paused(self, paused: bool) -> None:
         """The transport's buffer went over its high-water mark (``True``), or drained."""
         transport: Any = self.transport
-        if not paused and self._direct is not None and transport.disconnecting:
+        if not paused and self._socket is not None and transport.disconnecting:
             # A pull producer would keep a closing transport from finishing.
             transport.unregisterProducer()
             return
         self._paused_out = paused
         backlog = self._backlog
         if not paused and backlog:
-            if self._direct is not None:
+            if self._socket is not None:
+                size = self._backlog_size
                 self._backlog = None
                 self._backlog_size = 0
-                self._send_out(b"".join(backlog))
+                self._send_out(list(backlog), size)
             else:
                 # Each write may pause us again, synchronously: then the rest waits.
                 while backlog and not self._paused_out:
@@ -790,7 +823,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # over TLS the transport's own buffer, on plain TCP the backlog.
         conn = self.conn
         if conn is not None:
-            if self._direct is None:
+            if self._socket is None:
                 conn._set_writable(not self._paused_out)
             else:
                 conn._set_writable(self._backlog_size <= _READ_SIZE)
