@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket import USES_NVX
-from autobahn.websocket.protocol import TrafficStats
+from autobahn.twisted.util import create_transport_details
+from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket import xormasker
 from autobahn.websocket.utf8validator import Utf8Validator
 from autobahn.websocket.compress import (
@@ -303,6 +305,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     maxMessagePayloadSize: int
     requireMaskedClientFrames: bool
     autoFragmentSize: int
+    tcpNoDelay: bool
     _plain = False
     _app_close = False
     _error_reported = False
@@ -341,6 +344,28 @@ class CrowServerProtocol(WebSocketServerProtocol):
         """Fires once ``onclose`` (or the lack of one) has run for this connection."""
         self._events = EventQueue(self._pause_reading, self._resume_reading, self._handler_failed)
         self._upgrade: tuple[Sequence[ParamValue], object] | None = None
+
+    def connectionMade(self) -> None:
+        # autobahn's version ends with a debug line whose arguments it formats
+        # (with its highlighting helpers) on every connection, logging or not.
+        transport: Any = self.transport
+        details = create_transport_details(transport, self.is_server)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self._transport_details = details
+        self.peer = details.peer
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(self.tcpNoDelay)
+            except OSError:  # not a TCP socket (a Unix socket, say)
+                pass
+        self._connectionMade()
+
+    def _connectionLost(self, reason: Any) -> None:
+        # autobahn's server version formats the reason (a Failure, traceback
+        # included) for a debug line on every close.
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
 
     def _connectionMade(self) -> None:
         # autobahn's version copies every factory option onto the connection
