@@ -300,7 +300,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     factory: RuleFactory
     _rule: WebSocketRule
     """The rule this connection serves (its factory's), set when the protocol is built."""
-    # Set by autobahn's _connectionMade from the factory's options.
+    # autobahn's options: class attributes of the rule's subclass (RuleFactory.protocol_class).
     logOctets: bool
     maxMessagePayloadSize: int
     requireMaskedClientFrames: bool
@@ -315,8 +315,9 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _rx_size = 0
     _rx_need = 0
     _rx_whole = False
-    # Frames held back while the transport has paused us (its buffer is over
-    # the high-water mark): exactly what the peer is behind by beyond that mark.
+    # Frames waiting while the transport still holds data (plain TCP) or is
+    # over its high-water mark (TLS): what the peer is behind by, and what
+    # max_send_buffer bounds.
     _backlog: deque[bytes] | None = None
     _backlog_size = 0
     _paused_out = False
