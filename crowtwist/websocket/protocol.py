@@ -158,6 +158,9 @@ class _OutgoingFlow:
 # the transport's high-water mark, above which frames wait in the connection's
 # backlog (bounded by max_send_buffer).
 _READ_SIZE = 256 * 1024
+# The longest frame header a client sends (64-bit length, mask key excluded):
+# a held piece that needs more than this is waiting for a whole frame.
+_MAX_HEADER = 10
 # Frames gathered into one sendmsg(2); more small ones are cheaper joined.
 _MAX_PARTS = 64
 
@@ -314,7 +317,6 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _rx_chunks: list[bytes | memoryview] | None = None
     _rx_size = 0
     _rx_need = 0
-    _rx_whole = False
     # Frames waiting while the transport still holds data (plain TCP) or is
     # over its high-water mark (TLS): what the peer is behind by, and what
     # max_send_buffer bounds.
@@ -398,7 +400,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
         is its first request), so the 101 can go to the socket directly.
         """
         transport: Any = self.transport
-        if isinstance(transport, tcp.Connection):
+        plain_tcp = isinstance(transport, tcp.Connection)
+        if plain_tcp:
             transport.bufferSize = _READ_SIZE
             transport.SEND_LIMIT = _READ_SIZE
             transport.registerProducer(_OutgoingFlow(self), False)
@@ -420,7 +423,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 self._rule.effective_max_payload, _offered_client_bits(self.websocket_extensions)
             )
         self.succeedHandshake(subprotocol)
-        if not fresh and isinstance(transport, tcp.Connection) and transport.connected:
+        if plain_tcp and not fresh and transport.connected:
             # Earlier responses may have been in the transport's buffer, so the
             # 101 (and what onopen sent) went there too: direct sends wait for its drain.
             self._socket = transport.getHandle()
@@ -632,8 +635,9 @@ class CrowServerProtocol(WebSocketServerProtocol):
             return
         self._rx_chunks = None
         extra = self._rx_size - self._rx_need
-        if extra and self._rx_whole:
-            # Join only the held frame; the rest of this read is parsed in place.
+        if extra and self._rx_need > _MAX_HEADER:
+            # The held frame is whole (not just its header): join only it, and
+            # parse the rest of this read in place.
             offset = len(data) - extra
             chunks.append(memoryview(data)[:offset])
             self._deliver(b"".join(chunks), 0)  # a whole frame: nothing is held again
@@ -685,22 +689,16 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 break
             second = data[offset + 1]
             length = second & 0x7F
-            start = offset + 2
+            start = offset + (2 if length < 126 else 4 if length == 126 else 10)
+            if start > size:
+                self._hold(data, offset, start - offset)
+                offset = size
+                break
             if length == 126:
-                start = offset + 4
-                if start > size:
-                    self._hold(data, offset, 4)
-                    offset = size
-                    break
                 length = (data[offset + 2] << 8) | data[offset + 3]
                 if length < 126:
                     break
             elif length == 127:
-                start = offset + 10
-                if start > size:
-                    self._hold(data, offset, 10)
-                    offset = size
-                    break
                 length = int.from_bytes(data[offset + 2 : start], "big")
                 if length < 65536 or length >> 63:
                     break
@@ -741,7 +739,6 @@ class CrowServerProtocol(WebSocketServerProtocol):
         self._rx_chunks = [memoryview(data)[offset:] if offset else data]
         self._rx_size = len(data) - offset
         self._rx_need = need
-        self._rx_whole = need > 10  # the whole frame, not just enough to read its header
         # Counted when the frame is complete and consumed.
         self.trafficStats.incomingOctetsWireLevel -= self._rx_size
 
@@ -765,10 +762,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
             if self._cork_size >= _READ_SIZE:
                 # Enough for one send; it also tells a sending loop if the peer is behind.
                 self._uncork()
-        elif self._paused_out or self._backlog:
-            self._hold_back(data + more if more else data)
         else:
-            self._send_out([data, more] if more else [data], size)
+            self._emit([data, more] if more else [data], size)
 
     def _uncork(self) -> None:
         cork = self._cork
@@ -778,6 +773,9 @@ class CrowServerProtocol(WebSocketServerProtocol):
         size = self._cork_size
         cork.clear()
         self._cork_size = 0
+        self._emit(parts, size)
+
+    def _emit(self, parts: list[bytes], size: int) -> None:
         if self._paused_out or self._backlog:
             self._hold_back(b"".join(parts))
         else:
@@ -858,8 +856,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         self._backlog = None
         self._backlog_size = 0
         self._paused_out = False
-        if self.conn is not None:
-            self.conn._set_writable(True)
+        self._update_writable()
 
     def _closeConnection(self, abort: bool = False) -> None:
         # A clean close flushes: the transport sends what it holds before closing.
