@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "bench" / "peers"
+sys.path.insert(0, str(ROOT))
+
+from stress._harness import free_port, wait_tcp  # after the project root is on the path
 
 
 def servers(python: str) -> dict[str, str]:
@@ -47,23 +49,6 @@ def payload(size: int) -> str:
         text += json.dumps(record)
         i += 1
     return text[:size]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_tcp(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
 
 
 async def run_load(port: int, size: int, conns: int, inflight: int, seconds: float) -> tuple[float, str]:
@@ -97,7 +82,7 @@ def measure(name: str, command: str, size: int, args: argparse.Namespace) -> tup
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        wait_tcp(port)
+        wait_tcp(port, 20)
         return asyncio.run(run_load(port, size, args.conns, args.inflight, args.duration))
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -33,6 +33,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_tcp(port: int, timeout: float) -> None:
+    """Return once 127.0.0.1:``port`` accepts a connection; raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the server on port {port} did not start")
+
+
 class Server:
     """``twistd -n crow`` serving this working tree, with its output in a temporary file."""
 
@@ -45,14 +57,7 @@ class Server:
              "--listen", f"tcp:{self.port}:interface=127.0.0.1", *options],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=raise_fd_limit,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the server did not start")
+        wait_tcp(self.port, 30)
 
     def rss(self) -> int:
         """Resident set size in bytes."""
