@@ -392,3 +392,24 @@ def test_upgrade_after_earlier_responses_keeps_their_order(site_port: Any, pipel
     assert [r[:3] for r in responses] == [b"200"] * (2 if pipelined else 0) + [b"101"]
     frames, rest = F.decode_all(responses[-1].partition(b"\r\n\r\n")[2])
     assert [f.payload for f in frames] == [b"hi", b"echo me"] and rest == b""
+
+
+@pytest_twisted.inlineCallbacks
+def test_websocket_connections_set_tcp_nodelay(site_port: Any) -> Iterator[Any]:
+    """An upgraded connection has Nagle's algorithm off, as autobahn's own set-up would leave it."""
+    import socket
+
+    seen: list[int] = []
+
+    def on_open(conn: Connection) -> None:
+        sock = conn._protocol.transport.getHandle()  # type: ignore[union-attr]
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    app = Crow()
+    app.route("/ws").websocket().onopen(on_open)
+    port = site_port(app)
+    client = yield connect_raw(port)
+    yield client.handshake("/ws")
+    yield wait_until(lambda: bool(seen))
+    assert seen[0] != 0
+    client.transport.loseConnection()
