@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.web.resource import IResource, Resource
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from .http import HttpRule, NotFound, render_http
 from .routing import ParamValue, RouteNode
 from .websocket.leaf import WebSocketLeaf, wants_upgrade
+from .websocket.upgrade import fast_upgrade
 
 if TYPE_CHECKING:
     from .websocket.rule import WebSocketRule
@@ -88,6 +90,10 @@ class RouteResource(Resource):
         # Resources a user mounted with putChild, where no route matches.
         child: IResource = self.children.get(path, _NOT_FOUND)
         return child
+
+    def fast_upgrade(self, channel: HTTPChannel, data: bytes) -> bool:
+        """As a site's root: take over a connection whose first read is a plain upgrade (see ``upgrade.py``)."""
+        return fast_upgrade(self._node, channel, data)
 
     def render(self, request: Request) -> bytes | int:
         endpoint = self._node.endpoint

@@ -10,6 +10,7 @@ for the first request) to its last header, and a WebSocket upgrade until its
 from __future__ import annotations
 
 from typing import Any
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -34,12 +35,19 @@ class DeadlineChannel(HTTPChannel):
     _upgraded = False
     wrote = False
     """Whether a response was written: until then the transport's buffer is empty."""
+    fast_upgrade: Callable[[HTTPChannel, bytes], bool] | None = None
+    """Offered the connection's first read: takes the connection over, or returns false."""
 
     def connectionMade(self) -> None:
         HTTPChannel.connectionMade(self)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
+        fast = self.fast_upgrade
+        if fast is not None:
+            self.fast_upgrade = None
+            if fast(self, data):
+                return
         if self._deadline is None and not self._handlingRequest and not self._upgraded:
             self._arm()  # the first byte of the next request on a kept-alive connection
         HTTPChannel.dataReceived(self, data)
@@ -112,4 +120,6 @@ class CrowSite(Site):
         channel = Site.buildProtocol(self, addr)
         if isinstance(channel, DeadlineChannel):
             channel.handshake_timeout = self.handshake_timeout
+            # The app's route tree, at the root, can take a plain upgrade from the first read.
+            channel.fast_upgrade = getattr(self.resource, "fast_upgrade", None)
         return channel

@@ -17,10 +17,25 @@ from . import frames as F
 
 
 class MemoryClient:
-    """One client connection to ``app``, driven by plain calls."""
+    """One client connection to ``app``, driven by plain calls.
 
-    def __init__(self, app: Crow, path: str = "/", headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
-        self.site = Site(app.resource())
+    ``crow_site``: served by ``app.site()``, whose channel takes ordinary
+    upgrades on its own fast path; otherwise by a plain twisted.web ``Site``
+    (the resource tree mounted elsewhere).  ``None``: the class default.
+    """
+
+    crow_site = False
+
+    def __init__(
+        self,
+        app: Crow,
+        path: str = "/",
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        crow_site: bool | None = None,
+    ) -> None:
+        use_crow_site = self.crow_site if crow_site is None else crow_site
+        self.site = app.site() if use_crow_site else Site(app.resource())
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
         channel = self.site.buildProtocol(self.transport.getPeer())
         self.transport.protocol = channel

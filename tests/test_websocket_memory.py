@@ -15,6 +15,13 @@ from .conftest import LogCapture
 from .memory import MemoryClient
 
 
+@pytest.fixture(autouse=True, params=["twisted.web", "crow-site"])
+def site_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs through a plain twisted.web Site and through the app's own site (its fast path)."""
+    monkeypatch.setattr(MemoryClient, "crow_site", request.param == "crow-site")
+    return str(request.param)
+
+
 class Events:
     """Records every handler call of one rule."""
 

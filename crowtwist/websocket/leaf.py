@@ -7,23 +7,18 @@ connection's transport to a ``CrowServerProtocol``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .._handlers import as_deferred
-from .._headers import header_tokens, wants_upgrade
+from .._headers import wants_upgrade
 from ..http import Response, write_response
 from ..site import DeadlineChannel
-from .protocol import extension_error
+from .upgrade import UpgradeHead, refusal, take_over
 
 if TYPE_CHECKING:
     from .rule import WebSocketRule
@@ -31,22 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["WebSocketLeaf", "wants_upgrade"]
 
 log = Logger(namespace="crowtwist")
-
-
-def _valid_key(value: bytes | None) -> bool:
-    if value is None or len(value.strip()) != 24:
-        return False
-    try:
-        return len(base64.b64decode(value.strip(), validate=True)) == 16
-    except (binascii.Error, ValueError):
-        return False
-
-
-_UPGRADE_REQUIRED = Response(
-    426,
-    "426 Upgrade Required: this route speaks WebSocket.\n",
-    {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"},
-)
 
 
 class WebSocketLeaf(WebSocketResource):
@@ -59,45 +38,17 @@ class WebSocketLeaf(WebSocketResource):
         self.rule = rule
 
     def render(self, request: Request) -> bytes | int:
-        if request.method != b"GET":
-            return write_response(request, Response(405, "405 Method Not Allowed\n", {"Allow": "GET"}))
-        if not wants_upgrade(request):
-            return write_response(request, _UPGRADE_REQUIRED)
-        if "upgrade" not in header_tokens(request, b"connection"):
-            return write_response(request, Response(400, "400 Bad Request: Connection: Upgrade missing\n"))
-        if request.requestHeaders.getRawHeaders(b"sec-websocket-version", [b""])[-1].strip() != b"13":
-            return write_response(request, _UPGRADE_REQUIRED)
-        key = request.getHeader(b"sec-websocket-key")
-        if not _valid_key(key) or request.clientproto != b"HTTP/1.1":
-            return write_response(request, Response(400, "400 Bad Request: invalid WebSocket handshake\n"))
-        extensions = ",".join(
-            v.decode("latin-1") for v in request.requestHeaders.getRawHeaders(b"sec-websocket-extensions", [])
-        )
-        problem = extension_error(extensions) if extensions else None
-        if problem is not None:
-            return write_response(request, Response(400, f"400 Bad Request: Sec-WebSocket-Extensions: {problem}\n"))
-        if request.channel is None or getattr(request.channel, "transport", None) is None:
-            # HTTP/2 and other channels that cannot give their transport away.
-            return write_response(request, _UPGRADE_REQUIRED)
-
-        origins = self.rule.origin_policy()
-        if origins is not None:
-            origin = request.getHeader(b"origin")
-            if not origins.allows(None if origin is None else origin.decode("latin-1")):
+        channel = request.channel
+        refused = refusal(UpgradeHead.of(request), self.rule, can_take_over=getattr(channel, "transport", None) is not None)
+        if refused is not None:
+            if refused.log is not None:
                 log.warn(
-                    "WebSocket upgrade to {route} refused for {peer}: origin {origin!r} not allowed",
+                    "WebSocket upgrade to {route} refused for {peer}: {why}",
                     route=self.rule.pattern,
                     peer=_client_host(request),
-                    origin=origin,
+                    why=refused.log,
                 )
-                return write_response(request, Response(403, "403 Forbidden: origin not allowed\n"))
-        if self.rule.over_capacity():
-            log.warn(
-                "WebSocket upgrade to {route} refused for {peer}: connection cap reached",
-                route=self.rule.pattern,
-                peer=_client_host(request),
-            )
-            return write_response(request, Response(503, "503 Service Unavailable: too many connections\n"))
+            return write_response(request, refused.response)
         if not hasattr(request, "userdata"):
             # Crow's void** userdata: onaccept may set it; the connection carries it.
             cast(Any, request).userdata = None
@@ -160,35 +111,12 @@ class WebSocketLeaf(WebSocketResource):
 
     def _take_over(self, request: Request) -> None:
         channel: Any = request.channel
-        transport = channel.transport
-        if isinstance(channel, DeadlineChannel):
-            channel.upgraded()
-        protocol = self.rule.factory.build(transport.getPeer())
-        # The HTTP channel registered itself as the transport's producer and
-        # would keep itself (and this request) alive through it.
-        transport.unregisterProducer()
-        channel.transport = None
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = protocol  # TLS: the channel sat inside the TLS wrapper
-        else:
-            transport.protocol = protocol
-        WebSocketServerProtocol.makeConnection(protocol, transport)
-        # twisted.web pauses reading while a request is handled; nothing else will resume it.
-        producer = IPushProducer(transport, None)
-        if producer is not None:
-            producer.resumeProducing()
-        offered = header_tokens(request, b"sec-websocket-protocol", lower=False)
-        protocol.accept_upgrade(
-            key=(request.getHeader(b"sec-websocket-key") or b"").strip().decode("ascii"),
-            offered_protocols=offered,
-            extensions=",".join(
-                v.decode("latin-1")
-                for v in request.requestHeaders.getRawHeaders(b"sec-websocket-extensions", [])
-            ),
-            subprotocol=self.rule.choose_subprotocol(offered),
-            params=getattr(request, "route_params", ()),
-            userdata=cast(Any, request).userdata,
-            path=request.path.decode("latin-1"),
+        protocol = take_over(
+            channel,
+            UpgradeHead.of(request),
+            self.rule,
+            getattr(request, "route_params", ()),
+            cast(Any, request).userdata,
             # twisted.web writes a 100 Continue for an Expect header on its own.
             fresh=isinstance(channel, DeadlineChannel) and not channel.wrote and not request.getHeader(b"expect"),
         )

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket import USES_NVX
-from autobahn.twisted.util import create_transport_details
+from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket import xormasker
@@ -32,7 +32,7 @@ from autobahn.websocket.compress import (
 )
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IConsumer, IPullProducer, IPushProducer, ITransport
+from twisted.internet.interfaces import IAddress, IConsumer, IPullProducer, IPushProducer, ISSLTransport, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -310,6 +310,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
     autoFragmentSize: int
     tcpNoDelay: bool
     _plain = False
+    _no_delay_set = False
+    """The channel this connection was taken over from already set TCP_NODELAY."""
     _app_close = False
     _error_reported = False
     _close_reported = False
@@ -342,6 +344,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     def __init__(self) -> None:
         super().__init__()
+        del self._transport_details  # a placeholder from autobahn; see connectionMade
         self.conn: Connection | None = None
         self.closed: Deferred[None] = Deferred()
         """Fires once ``onclose`` (or the lack of one) has run for this connection."""
@@ -350,19 +353,32 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         # autobahn's version ends with a debug line whose arguments it formats
-        # (with its highlighting helpers) on every connection, logging or not.
+        # (with its highlighting helpers) on every connection, logging or not,
+        # and gathers transport details (two system calls) that only WAMP reads:
+        # here they are made on first use.
         transport: Any = self.transport
-        details = create_transport_details(transport, self.is_server)
-        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
-        self._transport_details = details
-        self.peer = details.peer
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(self.tcpNoDelay)
-            except OSError:  # not a TCP socket (a Unix socket, say)
-                pass
+        self.peer = peer2str(transport)
+        if not (self.tcpNoDelay and self._no_delay_set):
+            set_no_delay = getattr(transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                try:
+                    set_no_delay(self.tcpNoDelay)
+                except OSError:  # not a TCP socket (a Unix socket, say)
+                    pass
         self._connectionMade()
+
+    @cached_property
+    def _transport_details(self) -> TransportDetails:  # type: ignore[override]  # made on first use
+        details = create_transport_details(cast(Any, self.transport), self.is_server)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        return details
+
+    def _onOpen(self) -> None:
+        # autobahn's version completes the transport details for TLS connections.
+        if "_transport_details" in self.__dict__ or ISSLTransport.providedBy(self.transport):
+            super()._onOpen()
+        else:
+            self.onOpen()
 
     def _connectionLost(self, reason: Any) -> None:
         # autobahn's server version formats the reason (a Failure, traceback
@@ -859,16 +875,31 @@ class CrowServerProtocol(WebSocketServerProtocol):
         self._update_writable()
 
     def _closeConnection(self, abort: bool = False) -> None:
-        # A clean close flushes: the transport sends what it holds before closing.
+        transport: Any = self.transport
         held = list(self._backlog or ()) + (self._cork or [])
+        size = self._backlog_size + self._cork_size
         self._backlog = None
         self._backlog_size = 0
         if self._cork:
             self._cork.clear()
             self._cork_size = 0
-        if held and not abort and self.transport is not None:
-            self.transport.writeSequence(held)
-        super()._closeConnection(abort)
+        if abort or transport is None:
+            super()._closeConnection(abort)
+            return
+        # A clean close flushes: what is held goes out before the connection closes.
+        direct = self._socket is not None and not self._paused_out
+        if held:
+            if direct:
+                self._send_out(held, size)
+                direct = not self._paused_out
+            else:
+                transport.writeSequence(held)
+        if direct:
+            # The transport holds nothing: close at once, as asyncio does, rather
+            # than wait a reactor turn for write readiness to flush an empty buffer.
+            transport.abortConnection()
+        else:
+            super()._closeConnection(False)
 
     def _pause_reading(self) -> None:
         if self.transport is not None:

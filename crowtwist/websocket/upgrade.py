@@ -1,0 +1,261 @@
+"""The opening handshake: its checks, the take-over of the connection, and a one-read fast path.
+
+A WebSocket upgrade reaches its rule in one of two ways, both ending in
+``take_over``:
+
+- through twisted.web: the channel parses the request line by line, builds a
+  ``Request``, and the resource tree renders the rule's ``WebSocketLeaf``;
+- through ``CrowSite``'s fast path (``fast_upgrade``), when a connection's
+  first read is a complete, ordinary upgrade request for a rule without an
+  ``onaccept`` handler: the head is parsed in one go and routed with the same
+  route tree, skipping the ``Request`` that nothing would look at.
+
+The fast path only ever accepts.  Whatever it does not take (an unusual head,
+a refusal, an ``onaccept`` to call, a route it does not find) goes to
+twisted.web untouched, so every response other than 101 comes from one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
+
+from .._headers import split_tokens
+from ..http import Response
+from ..routing import ParamValue, RouteNode
+from ..site import DeadlineChannel
+from .protocol import CrowServerProtocol, extension_error
+
+if TYPE_CHECKING:
+    from ..resource import Endpoint
+    from .rule import WebSocketRule
+
+__all__ = ["Refusal", "UpgradeHead", "fast_upgrade", "refusal", "take_over"]
+
+
+class UpgradeHead:
+    """What an upgrade request says: method, HTTP version, path, and header values by name."""
+
+    __slots__ = ("method", "version", "path", "_values")
+
+    def __init__(self, method: bytes, version: bytes, path: bytes, values: Callable[[bytes], Sequence[bytes]]) -> None:
+        self.method = method
+        self.version = version
+        self.path = path
+        self._values = values
+
+    @classmethod
+    def of(cls, request: Request) -> UpgradeHead:
+        """The head of a request twisted.web has parsed."""
+        headers = request.requestHeaders
+        return cls(request.method, request.clientproto, request.path, lambda name: headers.getRawHeaders(name, []))
+
+    def values(self, name: bytes) -> Sequence[bytes]:
+        """Every value of header ``name`` (lower case), in order."""
+        return self._values(name)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The last value of header ``name``, as twisted.web's ``getHeader`` gives it."""
+        values = self._values(name)
+        return values[-1] if values else None
+
+    def tokens(self, name: bytes, lower: bool = True) -> list[str]:
+        """The comma-separated tokens of every ``name`` header (lower-cased unless ``lower`` is false)."""
+        return split_tokens(self._values(name), lower)
+
+    def extensions(self) -> str:
+        """The ``Sec-WebSocket-Extensions`` offers, all headers joined."""
+        return ",".join(v.decode("latin-1") for v in self._values(b"sec-websocket-extensions"))
+
+
+def _valid_key(value: bytes | None) -> bool:
+    if value is None or len(value.strip()) != 24:
+        return False
+    try:
+        return len(base64.b64decode(value.strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+UPGRADE_REQUIRED = Response(
+    426,
+    "426 Upgrade Required: this route speaks WebSocket.\n",
+    {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"},
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an upgrade is refused: the response, and what to log (nothing for malformed requests)."""
+
+    response: Response
+    log: str | None = None
+
+
+def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) -> Refusal | None:
+    """Why ``head`` may not become a WebSocket of ``rule``, or ``None`` if it may (``onaccept`` aside).
+
+    ``can_take_over``: the channel can give its transport away (HTTP/2's cannot).
+    """
+    if head.method != b"GET":
+        return Refusal(Response(405, "405 Method Not Allowed\n", {"Allow": "GET"}))
+    if "websocket" not in head.tokens(b"upgrade"):
+        return Refusal(UPGRADE_REQUIRED)
+    if "upgrade" not in head.tokens(b"connection"):
+        return Refusal(Response(400, "400 Bad Request: Connection: Upgrade missing\n"))
+    if (head.header(b"sec-websocket-version") or b"").strip() != b"13":
+        return Refusal(UPGRADE_REQUIRED)
+    if not _valid_key(head.header(b"sec-websocket-key")) or head.version != b"HTTP/1.1":
+        return Refusal(Response(400, "400 Bad Request: invalid WebSocket handshake\n"))
+    extensions = head.extensions()
+    problem = extension_error(extensions) if extensions else None
+    if problem is not None:
+        return Refusal(Response(400, f"400 Bad Request: Sec-WebSocket-Extensions: {problem}\n"))
+    if not can_take_over:
+        return Refusal(UPGRADE_REQUIRED)
+    origins = rule.origin_policy()
+    if origins is not None:
+        origin = head.header(b"origin")
+        if not origins.allows(None if origin is None else origin.decode("latin-1")):
+            return Refusal(
+                Response(403, "403 Forbidden: origin not allowed\n"), f"origin {origin!r} not allowed"
+            )
+    if rule.over_capacity():
+        return Refusal(
+            Response(503, "503 Service Unavailable: too many connections\n"), "connection cap reached"
+        )
+    return None
+
+
+def take_over(
+    channel: HTTPChannel,
+    head: UpgradeHead,
+    rule: WebSocketRule,
+    params: Sequence[ParamValue],
+    userdata: object,
+    fresh: bool,
+) -> CrowServerProtocol:
+    """Move ``channel``'s transport to a new protocol of ``rule`` and answer 101.
+
+    ``fresh``: nothing was written on the connection before, so the 101 may
+    go to the socket directly.
+    """
+    transport: Any = channel.transport
+    if isinstance(channel, DeadlineChannel):
+        channel.upgraded()
+    protocol = rule.factory.build(transport.getPeer())
+    # twisted.web's channel turns Nagle off on TCP, as autobahn would.
+    protocol._no_delay_set = isinstance(channel, HTTPChannel) and ITCPTransport.providedBy(transport)
+    # The HTTP channel registered itself as the transport's producer and
+    # would keep itself (and its request) alive through it.
+    transport.unregisterProducer()
+    channel.transport = None
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol  # TLS: the channel sat inside the TLS wrapper
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
+    # twisted.web pauses reading while a request is handled; nothing else will resume it.
+    producer = IPushProducer(transport, None)
+    if producer is not None:
+        producer.resumeProducing()
+    offered = head.tokens(b"sec-websocket-protocol", lower=False)
+    protocol.accept_upgrade(
+        key=(head.header(b"sec-websocket-key") or b"").strip().decode("ascii"),
+        offered_protocols=offered,
+        extensions=head.extensions(),
+        subprotocol=rule.choose_subprotocol(offered),
+        params=params,
+        userdata=userdata,
+        path=head.path.decode("latin-1"),
+        fresh=fresh,
+    )
+    return protocol
+
+
+# The fast path's idea of an ordinary head; anything else is twisted.web's to judge.
+_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\Z")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*?)[ \t]*\Z")
+# Headers that change how the request is read or answered.
+_NOT_FAST = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+# Well under twisted.web's own limits (16 KiB of headers, 500 of them).
+_MAX_HEAD = 8192
+_MAX_HEADERS = 64
+
+
+def _parse_head(data: bytes) -> tuple[UpgradeHead, bytes] | None:
+    """An ordinary upgrade request head at the start of ``data``, and the bytes after it."""
+    end = data.find(b"\r\n\r\n", 0, _MAX_HEAD)
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    if len(lines) > _MAX_HEADERS + 1:
+        return None
+    first = _REQUEST_LINE.match(lines[0])
+    if first is None:
+        return None
+    headers: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        found = _HEADER_LINE.match(line)
+        if found is None:
+            return None
+        name = found[1].lower()
+        if name in _NOT_FAST:
+            return None
+        values = headers.get(name)
+        if values is None:
+            headers[name] = [found[2]]
+        else:
+            values.append(found[2])
+    path = first[1].partition(b"?")[0]
+    empty: list[bytes] = []
+    return UpgradeHead(b"GET", b"HTTP/1.1", path, lambda name: headers.get(name, empty)), data[end + 4 :]
+
+
+def _route(root: RouteNode[Endpoint], path: bytes) -> tuple[WebSocketRule, list[ParamValue]] | None:
+    # Segments as twisted.web's Site splits and unquotes them, decoded as RouteResource does.
+    try:
+        segments = [unquote_to_bytes(s).decode("utf-8") for s in path[1:].split(b"/")]
+    except UnicodeDecodeError:
+        return None
+    found = root.match(segments)
+    if found is None:
+        return None
+    node, params = found
+    endpoint = node.endpoint
+    rule = endpoint.websocket if endpoint is not None else None
+    return None if rule is None else (rule, params)
+
+
+def fast_upgrade(root: RouteNode[Endpoint], channel: HTTPChannel, data: bytes) -> bool:
+    """Take ``channel`` over if ``data``, its first read, is an upgrade the fast path may accept.
+
+    Returns whether it did; if not, nothing has been touched.
+    """
+    parsed = _parse_head(data)
+    if parsed is None:
+        return False
+    head, rest = parsed
+    routed = _route(root, head.path)
+    if routed is None:
+        return False
+    rule, params = routed
+    if rule.accept_handler is not None or refusal(head, rule) is not None:
+        return False
+    # twisted.web's idle timeout would otherwise be left pending on the channel.
+    channel.setTimeout(None)
+    protocol = take_over(channel, head, rule, params, None, fresh=True)
+    if rest:
+        # Frames sent right behind the head, before the 101 came.
+        protocol.dataReceived(rest)
+    return True

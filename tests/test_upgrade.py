@@ -1,0 +1,222 @@
+"""The app site's one-read upgrade path: what it takes, what it leaves to twisted.web, and that both answer alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.logger import formatEvent
+from twisted.python.failure import Failure
+from twisted.web.server import Request, Site
+
+from crowtwist import Crow, Response
+from crowtwist.site import CrowSite
+
+from . import frames as F
+from .conftest import LogCapture
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def make_app() -> Crow:
+    app = Crow()
+    echo = lambda conn, data, is_binary: conn.send_text(f"{conn.params}:{data}")  # noqa: E731
+    app.route("/ws").websocket().onmessage(echo)
+    app.route("/room/<int>/<string>").websocket().onmessage(echo)
+    app.route("/files/<path>").websocket().onmessage(echo)
+    app.route("/guarded").websocket().onaccept(lambda request: Response(401, "no\n"))
+    app.route("/strict").websocket().allowed_origins(["https://ok.example"]).onmessage(echo)
+    app.route("/both")(lambda request: "plain\n")
+    app.route("/both").websocket().onmessage(echo)
+    app.route("/page")(lambda request: "page\n")
+    return app
+
+
+class Served:
+    """One request, as raw bytes in possibly several reads, on a site of ``app``."""
+
+    def __init__(self, site: Site, *reads: bytes) -> None:
+        self.requests = 0
+        made = site.requestFactory
+
+        def counting(*args: Any, **kwargs: Any) -> Request:
+            self.requests += 1
+            return made(*args, **kwargs)
+
+        site.requestFactory = counting
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
+        channel = site.buildProtocol(self.transport.getPeer())
+        self.transport.protocol = channel
+        channel.makeConnection(self.transport)
+        for data in reads:
+            self.transport.protocol.dataReceived(data)
+
+    def response(self) -> tuple[str, dict[str, str], bytes]:
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.lower() != "date":
+                headers[name.strip().lower()] = value.strip()
+        return lines[0], headers, body
+
+    @property
+    def taken_fast(self) -> bool:
+        """Upgraded without twisted.web making a Request."""
+        return self.requests == 0 and self.response()[0].split()[1:2] == ["101"]
+
+
+def both(app: Crow, *reads: bytes) -> tuple[Served, Served]:
+    """The same reads through a plain twisted.web Site and through the app's site."""
+    return Served(Site(app.resource()), *reads), Served(app.site(), *reads)
+
+
+def head(path: str = "/ws", *extra: str, lines: list[str] | None = None) -> bytes:
+    base = lines if lines is not None else [
+        f"GET {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {KEY}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    return ("\r\n".join([*base, *extra]) + "\r\n\r\n").encode("latin-1")
+
+
+def test_plain_upgrade_takes_the_fast_path_with_the_same_101() -> None:
+    """An ordinary upgrade is taken without a twisted.web Request and answers exactly as twisted.web's path does."""
+    slow, fast = both(make_app(), head())
+    assert fast.taken_fast and not slow.taken_fast
+    assert fast.response()[:2] == slow.response()[:2]
+    assert fast.response()[1]["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize(
+    "path, params",
+    [
+        ("/room/42/lobby", "(42, 'lobby')"),
+        ("/room/-7/caf%C3%A9?x=1", "(-7, 'café')"),
+        ("/files/a/b%2Fc/d.txt", "('a/b/c/d.txt',)"),
+        ("/both", "()"),
+    ],
+)
+def test_fast_path_routes_like_the_resource_tree(path: str, params: str) -> None:
+    """Typed segments, percent-escapes, a query string and <path> give the fast path the same params as the tree."""
+    slow, fast = both(make_app(), head(path))
+    assert fast.taken_fast
+    for served in (slow, fast):
+        protocol: Any = served.transport.protocol
+        protocol.dataReceived(F.encode(F.TEXT, b"hi"))
+        frames, _ = F.decode_all(served.transport.value().partition(b"\r\n\r\n")[2])
+        assert [f.payload.decode() for f in frames] == [f"{params}:hi"]
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        pytest.param([head("/guarded")], id="onaccept-handler"),
+        pytest.param([head("/strict", "Origin: https://evil.example")], id="origin-refused"),
+        pytest.param([head("/page")], id="http-only-route"),
+        pytest.param([head("/nowhere")], id="no-route"),
+        pytest.param([head("/ws", "Sec-WebSocket-Version: 8")], id="version-8"),
+        pytest.param([head(lines=["GET /ws HTTP/1.1", "Upgrade: websocket", "Connection: Upgrade"])], id="no-key"),
+        pytest.param([head(lines=["POST /ws HTTP/1.1", "Upgrade: websocket", "Connection: Upgrade"])], id="post"),
+        pytest.param([head("/ws", "Content-Length: 3")[:-4] + b"\r\n\r\nabc"], id="body"),
+        pytest.param([head("/ws", "Expect: 100-continue")], id="expect"),
+        pytest.param([head("/ws", "X-Folded: a", " b")], id="obs-fold"),
+        pytest.param([head("/ws").replace(b"\r\n", b"\n")], id="bare-lf"),
+        pytest.param([head("/ws", "X-Odd: caf\xe9")], id="non-ascii-value"),
+        pytest.param([head("/ws", "Bad Name: x")], id="bad-header-name"),
+        pytest.param([head("/w%FFs")], id="non-utf8-path"),
+        pytest.param([head("/ws", "Sec-WebSocket-Extensions: permessage-deflate; bogus")], id="bad-extension"),
+        pytest.param([head().replace(b"HTTP/1.1", b"HTTP/1.0", 1)], id="http-1.0"),
+        pytest.param([head()[:40], head()[40:]], id="head-in-two-reads"),
+    ],
+)
+def test_what_the_fast_path_leaves_is_answered_by_twisted_web(reads: list[bytes]) -> None:
+    """Anything but an ordinary upgrade to a rule without onaccept goes to twisted.web, with the same answer."""
+    slow, fast = both(make_app(), *reads)
+    assert not fast.taken_fast
+    assert fast.response() == slow.response()
+
+
+@pytest.mark.parametrize("crow_site", [False, True])
+def test_over_capacity_is_refused_by_twisted_web(crow_site: bool) -> None:
+    """With the route's cap reached, the next upgrade is not taken fast and gets twisted.web's 503."""
+    app = Crow()
+    app.route("/ws").websocket().max_connections(1)
+    site = app.site if crow_site else lambda: Site(app.resource())
+    first = Served(site(), head())
+    assert first.response()[0].endswith("101 Switching Protocols")
+    second = Served(site(), head())
+    assert second.requests == 1
+    assert second.response()[0].endswith("503 Service Unavailable")
+
+
+def test_refusal_is_logged_once(logs: LogCapture) -> None:
+    """An origin the route refuses is logged once, by twisted.web's path, not again by the fast path."""
+    Served(make_app().site(), head("/strict", "Origin: https://evil.example"))
+    assert len([e for e in logs.events if "not allowed" in formatEvent(e)]) == 1
+
+
+def test_frames_in_the_same_read_as_the_head_are_delivered() -> None:
+    """Frames a client sends right behind its head, before the 101, reach onmessage in order."""
+    app = make_app()
+    served = Served(app.site(), head() + F.encode(F.TEXT, b"one") + F.encode(F.TEXT, b"two"))
+    assert served.taken_fast
+    frames, _ = F.decode_all(served.transport.value().partition(b"\r\n\r\n")[2])
+    assert [f.payload for f in frames] == [b"():one", b"():two"]
+
+
+def test_only_the_first_read_is_offered_to_the_fast_path() -> None:
+    """An upgrade behind a plain request on a kept-alive connection goes through twisted.web."""
+    get = b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n"
+    served = Served(make_app().site(), get, head())
+    assert served.requests == 2
+    assert b"101 Switching Protocols" in served.transport.value()
+
+
+def test_no_timer_outlives_a_fast_upgrade() -> None:
+    """The channel's idle timeout and head deadline are both cancelled when the fast path takes over."""
+    app = make_app()
+    clock = Clock()
+    site = CrowSite(app.resource(), handshake_timeout=5.0, reactor=clock)
+    served = Served(site, head())
+    assert served.taken_fast
+    assert clock.getDelayedCalls() == []
+
+
+def test_mounted_elsewhere_there_is_no_fast_path() -> None:
+    """A CrowSite whose root is not the app's route tree leaves every request to twisted.web."""
+    from twisted.web.resource import Resource
+
+    root = Resource()
+    root.putChild(b"app", make_app().resource())
+    served = Served(CrowSite(root), head("/app/ws"))
+    assert served.requests == 1
+    assert b"101 Switching Protocols" in served.transport.value()
+
+
+def test_connection_made_by_fast_path_behaves() -> None:
+    """A fast-path connection runs the rule's handlers through a clean close."""
+    app = Crow()
+    seen: list[Any] = []
+    (
+        app.route("/ws")
+        .websocket()
+        .onopen(lambda conn: seen.append(("open", conn.get_remote_ip())))
+        .onmessage(lambda conn, data, is_binary: seen.append(("message", data)))
+        .onclose(lambda conn, reason, code: seen.append(("close", code)))
+    )
+    served = Served(app.site(), head())
+    assert served.taken_fast
+    protocol: Any = served.transport.protocol
+    protocol.dataReceived(F.encode(F.TEXT, b"x") + F.encode(F.CLOSE, F.close_payload(1000, "")))
+    assert served.transport.disconnecting
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert seen == [("open", "10.1.2.3"), ("message", "x"), ("close", 1000)]
