@@ -223,3 +223,56 @@ def test_frames_in_the_same_read_as_the_handshake() -> None:
     assert client.status == 101
     assert seen == [("early", False), (b"\x01", True)]
     assert client.messages() == ["early", b"\x01"]
+
+
+CLOSES = [
+    b"",
+    F.close_payload(1000, ""),
+    F.close_payload(1000, "bye"),
+    F.close_payload(1001, "é" * 40),
+    F.close_payload(3000, "app"),
+    (999).to_bytes(2, "big"),
+    (1004).to_bytes(2, "big"),
+    (5000).to_bytes(2, "big"),
+    (1000).to_bytes(2, "big") + b"\xc3\x28",
+    b"\x03",
+    (1000).to_bytes(2, "big") + b"r" * 124,
+]
+
+
+def close_outcome(payload: bytes, general: bool, step: int = 0, **app_kwargs: Any) -> tuple[Any, ...]:
+    app = Crow(**app_kwargs)
+    closes: list[tuple[str, int]] = []
+    app.route("/ws").websocket().onmessage(lambda c, d, b: None).onclose(lambda c, r, code: closes.append((r, code)))
+    client = MemoryClient(app, "/ws")
+    if general:
+        client.protocol._plain = False  # autobahn's frame machinery for every frame
+    data = F.encode(F.TEXT, b"before") + F.encode(F.CLOSE, payload, mask=not app_kwargs)
+    for i in range(0, len(data), step or len(data)):
+        client.protocol.dataReceived(data[i : i + (step or len(data))])
+    frame = client.close_frame()
+    disconnecting = client.transport.disconnecting
+    client.drop(clean=True)
+    return (None if frame is None else frame.payload), disconnecting, closes
+
+
+@pytest.mark.parametrize("payload", CLOSES, ids=lambda p: p[:4].hex() or "empty")
+def test_close_frames_on_the_fast_path_are_autobahns(payload: bytes) -> None:
+    """A client's close frame, valid or not, gets the same reply and onclose on the fast path as on autobahn's."""
+    assert close_outcome(payload, general=False) == close_outcome(payload, general=True)
+
+
+def test_close_frame_split_anywhere() -> None:
+    """A close frame arriving a byte at a time is answered once, like one arriving whole."""
+    payload = F.close_payload(1000, "bye")
+    assert close_outcome(payload, general=False, step=1) == close_outcome(payload, general=True)
+
+
+def test_oversized_and_unmasked_closes_are_autobahns() -> None:
+    """A close frame over 125 bytes, or unmasked under enforcement, is failed by autobahn's checks."""
+    long_close = F.close_payload(1000, "r" * 130)
+    assert close_outcome(long_close, general=False) == close_outcome(long_close, general=True)
+    payload = F.close_payload(1000, "")
+    strict = close_outcome(payload, general=False, enforce_ws_spec=True)
+    assert strict == close_outcome(payload, general=True, enforce_ws_spec=True)
+    assert strict[0] is not None and strict[0][:2] == (1002).to_bytes(2, "big")
