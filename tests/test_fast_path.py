@@ -276,3 +276,29 @@ def test_oversized_and_unmasked_closes_are_autobahns() -> None:
     strict = close_outcome(payload, general=False, enforce_ws_spec=True)
     assert strict == close_outcome(payload, general=True, enforce_ws_spec=True)
     assert strict[0] is not None and strict[0][:2] == (1002).to_bytes(2, "big")
+
+
+def opened(app: Crow, autobahns: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, dict[str, Any]]:
+    from crowtwist.websocket.protocol import CrowServerProtocol
+
+    with monkeypatch.context() as patch:
+        if autobahns:
+            patch.setattr(CrowServerProtocol, "_succeed_plain", WebSocketServerProtocol.succeedHandshake)
+        client = MemoryClient(app, "/ws", {"Sec-WebSocket-Protocol": "b, a"})
+    state = {
+        name: value if isinstance(value, (bool, int, float, str, bytes, list, type(None))) else type(value)
+        for name, value in vars(client.protocol).items()
+    }
+    return f"{client.status_line}\r\n{sorted(client.headers.items())}".encode(), state
+
+
+@pytest.mark.parametrize("keepalive", [20.0, None])
+def test_plain_101_is_autobahns(keepalive: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 101 for an upgrade without extensions, and the state it leaves, are what autobahn's succeedHandshake gives."""
+    app = Crow()
+    app.websocket_limits(keepalive_interval=keepalive)
+    app.route("/ws").websocket().subprotocols(["a", "b"])
+    ours, autobahns = opened(app, False, monkeypatch), opened(app, True, monkeypatch)
+    assert ours == autobahns
+    assert b"'sec-websocket-protocol', 'a'" in ours[0]
+    assert ("autoPingPendingCall" in ours[1]) is (keepalive is not None)

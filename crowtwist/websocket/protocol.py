@@ -10,6 +10,8 @@ extensions, writes the 101 and moves the protocol to OPEN.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import socket
 import struct
 from collections import deque
@@ -93,6 +95,9 @@ _HANDSHAKE_ONLY = frozenset(
 _CROW_MESSAGES = {
     "unmasked client-to-server frame": "Client connection not masked.",
 }
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n"
+_WS_MAGIC = WebSocketProtocol._WS_MAGIC
 
 _CLIENT_GOING_AWAY = 1001
 _HEADER_16 = struct.Struct("!BBH")
@@ -308,6 +313,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     maxMessagePayloadSize: int
     requireMaskedClientFrames: bool
     autoFragmentSize: int
+    autoPingInterval: float
     tcpNoDelay: bool
     _plain = False
     _no_delay_set = False
@@ -438,7 +444,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self.perMessageCompressionAccept = _deflate_acceptor(
                 self._rule.effective_max_payload, _offered_client_bits(self.websocket_extensions)
             )
-        self.succeedHandshake(subprotocol)
+        if self.websocket_extensions or self.factory.headers or self.factory.server or self.trackedTimings:
+            self.succeedHandshake(subprotocol)
+        else:
+            self._succeed_plain(subprotocol)
         if plain_tcp and not fresh and transport.connected:
             # Earlier responses may have been in the transport's buffer, so the
             # 101 (and what onopen sent) went there too: direct sends wait for its drain.
@@ -446,6 +455,25 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self._paused_out = True
         # A dict rebuilt without the handshake's leftovers is sized to what stays.
         self.__dict__ = {k: v for k, v in self.__dict__.items() if k not in _HANDSHAKE_ONLY}
+
+    def _succeed_plain(self, subprotocol: str | None) -> None:
+        # autobahn's succeedHandshake, for what nearly every upgrade is: no
+        # extension offered, no extra headers.  autobahn's version assembles the
+        # response with per-header loops and formats a debug line on the way.
+        accept = base64.b64encode(hashlib.sha1(self._wskey.encode("ascii") + _WS_MAGIC).digest())
+        chosen = b"" if subprotocol is None else b"Sec-WebSocket-Protocol: %s\r\n" % subprotocol.encode("utf-8")
+        self.websocket_protocol_in_use = subprotocol
+        self.websocket_extensions_in_use = []
+        self.sendData(_SWITCHING + chosen + b"Sec-WebSocket-Accept: %s\r\n\r\n" % accept)
+        self.state = _STATE_OPEN
+        self.inside_message = False
+        self.current_frame = cast(Any, None)
+        if self.autoPingInterval:
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing
+            )
+        self._onOpen()
+        cast(Deferred[None], self.is_open).callback(None)
 
     def is_sendable(self) -> bool:
         """Whether the connection is open for messages."""
