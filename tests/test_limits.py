@@ -413,3 +413,31 @@ def test_websocket_connections_set_tcp_nodelay(site_port: Any) -> Iterator[Any]:
     yield wait_until(lambda: bool(seen))
     assert seen[0] != 0
     client.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_close_ends_with_fin_not_reset(site_port: Any) -> Iterator[Any]:
+    """After a client's close frame the server echoes it and closes TCP in order: the client reads EOF, not a reset."""
+    import socket
+
+    from twisted.internet.threads import deferToThread
+
+    app = Crow()
+    app.route("/ws").websocket().onmessage(lambda conn, data, is_binary: conn.send_text(data))
+    port = site_port(app)
+
+    def client() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(F.handshake("/ws") + F.encode(F.TEXT, b"last") + F.encode(F.CLOSE, F.close_payload(1000, "")))
+            data = b""
+            for _ in range(100):
+                chunk = sock.recv(1 << 16)  # raises ConnectionResetError on a reset
+                if not chunk:
+                    return data, b"EOF"
+                data += chunk
+            return data, b"no EOF"
+
+    data, end = yield within(deferToThread(client))
+    frames, rest = F.decode_all(data.partition(b"\r\n\r\n")[2])
+    assert [(f.opcode, f.payload) for f in frames] == [(F.TEXT, b"last"), (F.CLOSE, F.close_payload(1000, ""))]
+    assert end == b"EOF" and rest == b""

@@ -926,20 +926,16 @@ class CrowServerProtocol(WebSocketServerProtocol):
         if abort or transport is None:
             super()._closeConnection(abort)
             return
-        # A clean close flushes: what is held goes out before the connection closes.
-        direct = self._socket is not None and not self._paused_out
+        # A clean close flushes: what is held goes out before the connection
+        # closes (the socket takes it now if nothing is queued ahead of it).
         if held:
-            if direct:
+            if self._socket is not None and not self._paused_out:
                 self._send_out(held, size)
-                direct = not self._paused_out
             else:
                 transport.writeSequence(held)
-        if direct:
-            # The transport holds nothing: close at once, as asyncio does, rather
-            # than wait a reactor turn for write readiness to flush an empty buffer.
-            transport.abortConnection()
-        else:
-            super()._closeConnection(False)
+        # Not abortConnection, even with nothing left to send: it closes with
+        # a reset, which may discard the close frame before the peer reads it.
+        super()._closeConnection(False)
 
     def _pause_reading(self) -> None:
         if self.transport is not None:
