@@ -168,6 +168,8 @@ _READ_SIZE = 256 * 1024
 _MAX_HEADER = 10
 # Frames gathered into one sendmsg(2); more small ones are cheaper joined.
 _MAX_PARTS = 64
+# Below this, joining the parts and one send(2) beat sendmsg(2)'s gathering.
+_JOIN_BELOW = 2048
 
 
 class RuleFactory(WebSocketServerFactory):
@@ -843,11 +845,12 @@ class CrowServerProtocol(WebSocketServerProtocol):
         if sock is None or transport.disconnecting:
             transport.writeSequence(parts)
             return
-        if len(parts) > _MAX_PARTS:
-            parts = [b"".join(parts)]
+        if size <= _JOIN_BELOW or len(parts) > _MAX_PARTS:
+            parts = [b"".join(parts)] if len(parts) > 1 else parts
         try:
-            # Gathered by the kernel: no copy to put headers and payloads together.
-            sent = sock.sendmsg(parts)
+            # One part: send(2), which costs less than sendmsg(2); several:
+            # gathered by the kernel, no copy to put headers and payloads together.
+            sent = sock.send(parts[0]) if len(parts) == 1 else sock.sendmsg(parts)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
