@@ -23,14 +23,20 @@ from . import frames as F
 from .clients import connect_autobahn, connect_raw, listen, within
 
 
-@pytest.fixture
-def serve() -> Iterator[Any]:
-    """Serve an app (or any resource) on a random port; stop listening afterwards."""
+@pytest.fixture(params=["twisted.web", "crow-site"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Serve an app (or any resource) on a random port; stop listening afterwards.
+
+    Each test runs with the app's tree in a plain twisted.web ``Site`` and
+    again on ``app.site()``, whose upgrade fast path then takes the handshakes.
+    """
     ports: list[Any] = []
 
     def start(target: Crow | Resource) -> int:
-        resource = target.resource() if isinstance(target, Crow) else target
-        port = listen(resource)
+        if isinstance(target, Crow) and request.param == "crow-site":
+            port = reactor.listenTCP(0, target.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        else:
+            port = listen(target.resource() if isinstance(target, Crow) else target)
         ports.append(port)
         return int(port.getHost().port)
 
@@ -275,3 +281,38 @@ def test_rejected_upgrade_over_the_wire(serve: Any) -> Iterator[Any]:
     assert response.startswith(b"HTTP/1.1 403")
     assert log == []
     client.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """With many connections sending at once, replies held to the end of each reactor turn arrive complete and in order."""
+    from twisted.internet.defer import gatherResults
+
+    from crowtwist.websocket import protocol as protocol_module
+    from crowtwist.websocket.coalesce import Coalescer
+
+    class Counting(Coalescer):
+        holds = 0
+
+        def hold(self, corked: Any, call_later: Any) -> None:
+            Counting.holds += 1
+            super().hold(corked, call_later)
+
+    # A wide busy gap: any two connections reading within a second count as a busy turn.
+    monkeypatch.setattr(protocol_module, "_coalescer", Counting(busy_gap=1.0))
+    app, _ = echo_app()
+    port = serve(app)
+    clients = yield gatherResults([connect_autobahn(port, f"/echo/{i}") for i in range(20)])
+    for client in clients:
+        for j in range(20):
+            client.sendMessage(f"{j}".encode(), False)
+    for client in clients:
+        received = []
+        for _ in range(20):
+            payload, _binary = yield client.next_message()
+            received.append(payload)
+        assert received == [f"{j}".encode() for j in range(20)]
+    assert Counting.holds > 0
+    for client in clients:
+        client.sendClose(1000)
+    yield gatherResults([within(client.closed_with) for client in clients])

@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from .._handlers import Handler
 from ..routing import ParamValue
+from .coalesce import Coalescer
 from .connection import Connection
 from .dispatch import EventQueue
 
@@ -170,6 +171,10 @@ _MAX_HEADER = 10
 _MAX_PARTS = 64
 # Below this, joining the parts and one send(2) beat sendmsg(2)'s gathering.
 _JOIN_BELOW = 2048
+
+
+# One per process, as the reactor is.
+_coalescer = Coalescer()
 
 
 class RuleFactory(WebSocketServerFactory):
@@ -656,16 +661,25 @@ class CrowServerProtocol(WebSocketServerProtocol):
     # The receive fast path.
 
     def dataReceived(self, data: bytes) -> None:
-        if self._socket is None:
+        if self._socket is None or self._cork is not None:
             self._receive(data)
             return
-        # One send for all the replies to one read, as Twisted's buffer gave.
+        # The replies to one read go out in one send, as Twisted's buffer gave;
+        # in a busy reactor turn, with every other connection's, at its end.
+        hold = _coalescer.read(self)
         self._cork = []
         try:
             self._receive(data)
         finally:
-            self._uncork()
-            self._cork = None
+            if hold and self._cork:
+                _coalescer.hold(self, cast(Any, self.transport).reactor.callLater)
+            else:
+                self.release()
+
+    def release(self) -> None:
+        """Send the replies held back (at the end of a read, or of a busy reactor turn)."""
+        self._uncork()
+        self._cork = None
 
     def _receive(self, data: bytes) -> None:
         # autobahn's dataReceived formats a debug line per read even with logging
