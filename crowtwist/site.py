@@ -107,7 +107,12 @@ class DeadlineChannel(HTTPChannel):
 
 
 class CrowSite(Site):
-    """A ``Site`` for a crowtwist app: no tracebacks in pages, a deadline on request heads."""
+    """A ``Site`` for a crowtwist app: no tracebacks in pages, a deadline on request heads.
+
+    When its root is the app's route tree, each connection's first read is
+    offered to the tree's ``fast_upgrade`` (``websocket/upgrade.py``) before
+    twisted.web parses it.
+    """
 
     protocol = DeadlineChannel  # type: ignore[assignment]  # plain HTTP/1.1: no HTTP/2 to upgrade from
     displayTracebacks = False

@@ -283,11 +283,8 @@ def test_rejected_upgrade_over_the_wire(serve: Any) -> Iterator[Any]:
     client.transport.loseConnection()
 
 
-@pytest_twisted.inlineCallbacks
-def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """With many connections sending at once, replies held to the end of each reactor turn arrive complete and in order."""
-    from twisted.internet.defer import gatherResults
-
+def counting_coalescer(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A coalescer that counts the replies it holds, and counts any two connections' reads within a second as busy."""
     from crowtwist.websocket import protocol as protocol_module
     from crowtwist.websocket.coalesce import Coalescer
 
@@ -295,11 +292,20 @@ def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch:
         holds = 0
 
         def hold(self, corked: Any, call_later: Any) -> None:
-            Counting.holds += 1
+            self.holds += 1
             super().hold(corked, call_later)
 
-    # A wide busy gap: any two connections reading within a second count as a busy turn.
-    monkeypatch.setattr(protocol_module, "_coalescer", Counting(busy_gap=1.0))
+    coalescer = Counting(busy_gap=1.0)
+    monkeypatch.setattr(protocol_module, "_coalescer", coalescer)
+    return coalescer
+
+
+@pytest_twisted.inlineCallbacks
+def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """With many connections sending at once, replies held to the end of each reactor turn arrive complete and in order."""
+    from twisted.internet.defer import gatherResults
+
+    coalescer = counting_coalescer(monkeypatch)
     app, _ = echo_app()
     port = serve(app)
     clients = yield gatherResults([connect_autobahn(port, f"/echo/{i}") for i in range(20)])
@@ -312,7 +318,27 @@ def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch:
             payload, _binary = yield client.next_message()
             received.append(payload)
         assert received == [f"{j}".encode() for j in range(20)]
-    assert Counting.holds > 0
+    assert coalescer.holds > 0
+    for client in clients:
+        client.sendClose(1000)
+    yield gatherResults([within(client.closed_with) for client in clients])
+
+
+@pytest_twisted.inlineCallbacks
+def test_large_replies_are_not_held(serve: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Replies of 16 KiB or more go out at once even in a busy turn: holding them would idle the peer."""
+    from twisted.internet.defer import gatherResults
+
+    coalescer = counting_coalescer(monkeypatch)
+    app, _ = echo_app()
+    port = serve(app)
+    clients = yield gatherResults([connect_autobahn(port, f"/echo/{i}") for i in range(4)])
+    big = b"x" * (20 * 1024)
+    for client in clients:
+        client.sendMessage(big, True)
+    for client in clients:
+        assert (yield client.next_message()) == (big, True)
+    assert coalescer.holds == 0
     for client in clients:
         client.sendClose(1000)
     yield gatherResults([within(client.closed_with) for client in clients])
