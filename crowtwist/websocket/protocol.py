@@ -1,11 +1,13 @@
 """``CrowServerProtocol``: autobahn's server protocol, dispatching to a rule's handlers.
 
-The opening handshake has already been checked by twisted.web and the rule's
-``onaccept`` (see ``leaf.py``) when this protocol takes over the transport,
-so it starts from the parsed request instead of re-reading the raw bytes:
-``accept_upgrade`` fills in what autobahn's ``processHandshake`` would have
-parsed and calls autobahn's own ``succeedHandshake``, which negotiates the
-extensions, writes the 101 and moves the protocol to OPEN.
+The opening handshake has already been checked (``upgrade.py``, by the leaf
+after the rule's ``onaccept``, or by the site's fast path) when this protocol
+takes over the transport, so it starts from the parsed request instead of
+re-reading the raw bytes: ``accept_upgrade`` fills in what autobahn's
+``processHandshake`` would have parsed, then autobahn's own
+``succeedHandshake`` negotiates the extensions, writes the 101 and moves the
+protocol to OPEN; without extensions the same 101 and state come from
+``_succeed_plain``.
 """
 
 from __future__ import annotations
