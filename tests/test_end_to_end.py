@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from websockets.exceptions import ConnectionClosed
@@ -300,15 +300,28 @@ def counting_coalescer(monkeypatch: pytest.MonkeyPatch) -> Any:
     return coalescer
 
 
+@inlineCallbacks
+def echo_clients(serve: Any, count: int) -> Iterator[Any]:
+    """``count`` autobahn clients connected to an echo app served by ``serve``."""
+    app, _ = echo_app()
+    port = serve(app)
+    clients = yield gatherResults([connect_autobahn(port, f"/echo/{i}") for i in range(count)])
+    return clients
+
+
+@inlineCallbacks
+def close_all(clients: list[Any]) -> Iterator[Any]:
+    """Close every client and wait for each close handshake."""
+    for client in clients:
+        client.sendClose(1000)
+    yield gatherResults([within(client.closed_with) for client in clients])
+
+
 @pytest_twisted.inlineCallbacks
 def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """With many connections sending at once, replies held to the end of each reactor turn arrive complete and in order."""
-    from twisted.internet.defer import gatherResults
-
     coalescer = counting_coalescer(monkeypatch)
-    app, _ = echo_app()
-    port = serve(app)
-    clients = yield gatherResults([connect_autobahn(port, f"/echo/{i}") for i in range(20)])
+    clients = yield echo_clients(serve, 20)
     for client in clients:
         for j in range(20):
             client.sendMessage(f"{j}".encode(), False)
@@ -319,26 +332,18 @@ def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch:
             received.append(payload)
         assert received == [f"{j}".encode() for j in range(20)]
     assert coalescer.holds > 0
-    for client in clients:
-        client.sendClose(1000)
-    yield gatherResults([within(client.closed_with) for client in clients])
+    yield close_all(clients)
 
 
 @pytest_twisted.inlineCallbacks
 def test_large_replies_are_not_held(serve: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Replies of 16 KiB or more go out at once even in a busy turn: holding them would idle the peer."""
-    from twisted.internet.defer import gatherResults
-
     coalescer = counting_coalescer(monkeypatch)
-    app, _ = echo_app()
-    port = serve(app)
-    clients = yield gatherResults([connect_autobahn(port, f"/echo/{i}") for i in range(4)])
+    clients = yield echo_clients(serve, 4)
     big = b"x" * (20 * 1024)
     for client in clients:
         client.sendMessage(big, True)
     for client in clients:
         assert (yield client.next_message()) == (big, True)
     assert coalescer.holds == 0
-    for client in clients:
-        client.sendClose(1000)
-    yield gatherResults([within(client.closed_with) for client in clients])
+    yield close_all(clients)
