@@ -181,13 +181,15 @@ def test_only_the_first_read_is_offered_to_the_fast_path() -> None:
     assert b"101 Switching Protocols" in served.transport.value()
 
 
-def test_no_timer_outlives_a_fast_upgrade() -> None:
-    """The channel's idle timeout and head deadline are both cancelled when the fast path takes over."""
+@pytest.mark.parametrize("path, fast", [("/ws", True), ("/accepting", False)])
+def test_no_timer_outlives_the_take_over(path: str, fast: bool) -> None:
+    """The channel's idle timeout and head deadline are both cancelled when the fast path or the leaf takes over."""
     app = make_app()
+    app.route("/accepting").websocket().onaccept(lambda request: True)
     clock = Clock()
     site = CrowSite(app.resource(), handshake_timeout=5.0, reactor=clock)
-    served = Served(site, head())
-    assert served.taken_fast
+    served = Served(site, head(path))
+    assert served.response()[0].endswith("101 Switching Protocols") and served.taken_fast is fast
     assert clock.getDelayedCalls() == []
 
 

@@ -38,8 +38,9 @@ class WebSocketLeaf(WebSocketResource):
         self.rule = rule
 
     def render(self, request: Request) -> bytes | int:
-        channel = request.channel
-        refused = refusal(UpgradeHead.of(request), self.rule, can_take_over=getattr(channel, "transport", None) is not None)
+        # HTTP/2 and other channels that cannot give their transport away get a 426.
+        can_take_over = getattr(request.channel, "transport", None) is not None
+        refused = refusal(UpgradeHead.of(request), self.rule, can_take_over)
         if refused is not None:
             if refused.log is not None:
                 log.warn(

@@ -952,10 +952,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # A clean close flushes: what is held goes out before the connection
         # closes (the socket takes it now if nothing is queued ahead of it).
         if held:
-            if self._socket is not None and not self._paused_out:
-                self._send_out(held, size)
-            else:
+            if self._paused_out:
                 transport.writeSequence(held)
+            else:
+                self._send_out(held, size)  # to the socket directly where there is one
         # Not abortConnection, even with nothing left to send: it closes with
         # a reset, which may discard the close frame before the peer reads it.
         super()._closeConnection(False)

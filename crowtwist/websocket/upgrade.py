@@ -153,6 +153,8 @@ def take_over(
     transport: Any = channel.transport
     if isinstance(channel, DeadlineChannel):
         channel.upgraded()
+    # The channel is done with: its idle timeout must not fire on a transport it gave away.
+    channel.setTimeout(None)
     protocol = rule.factory.build(transport.getPeer())
     # twisted.web's channel turns Nagle off on TCP, as autobahn would.
     protocol._no_delay_set = isinstance(channel, HTTPChannel) and ITCPTransport.providedBy(transport)
@@ -252,8 +254,6 @@ def fast_upgrade(root: RouteNode[Endpoint], channel: HTTPChannel, data: bytes) -
     rule, params = routed
     if rule.accept_handler is not None or refusal(head, rule) is not None:
         return False
-    # twisted.web's idle timeout would otherwise be left pending on the channel.
-    channel.setTimeout(None)
     protocol = take_over(channel, head, rule, params, None, fresh=True)
     if rest:
         # Frames sent right behind the head, before the 101 came.
