@@ -347,3 +347,31 @@ def test_large_replies_are_not_held(serve: Any, monkeypatch: pytest.MonkeyPatch)
         assert (yield client.next_message()) == (big, True)
     assert coalescer.holds == 0
     yield close_all(clients)
+
+
+@pytest_twisted.inlineCallbacks
+def test_app_site_upgrades_without_a_twisted_web_request() -> Iterator[Any]:
+    """Over TCP, app.site() takes a websockets client's upgrade on its fast path (no Request) and echoes."""
+    app, log = echo_app()
+    site = app.site()
+    requests: list[Any] = []
+    made = site.requestFactory
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        requests.append(args)
+        return made(*args, **kwargs)
+
+    site.requestFactory = counting
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+
+    def client() -> str:
+        with ws_connect(f"ws://127.0.0.1:{port.getHost().port}/echo/3", open_timeout=10, compression=None) as ws:
+            ws.send("over the fast path")
+            return str(ws.recv(timeout=10))
+
+    try:
+        assert (yield within(deferToThread(client))) == "over the fast path"
+    finally:
+        yield port.stopListening()
+    assert requests == []
+    assert log[0] == ("open", (3,))
