@@ -29,11 +29,6 @@ from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket import xormasker
 from autobahn.websocket.utf8validator import Utf8Validator
-from autobahn.websocket.compress import (
-    PERMESSAGE_COMPRESSION_EXTENSION,
-    PerMessageDeflateOffer,
-    PerMessageDeflateOfferAccept,
-)
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IConsumer, IPullProducer, IPushProducer, ISSLTransport, ITransport
@@ -46,6 +41,7 @@ from ..routing import ParamValue
 from .coalesce import Coalescer
 from .connection import Connection
 from .dispatch import EventQueue
+from .extensions import decline_all, deflate_acceptor, offered_client_bits
 
 if TYPE_CHECKING:
     from .rule import WebSocketRule
@@ -219,68 +215,6 @@ class RuleFactory(WebSocketServerFactory):
         return protocol
 
 
-def _deflate_acceptor(
-    max_payload: int | None, client_bits: int = 0
-) -> Callable[[Sequence[object]], object]:
-    """Accept the first permessage-deflate offer, agreeing to what the client offered.
-
-    The client's ``client_no_context_takeover`` is taken up (our inflater can
-    then forget each message, which saves memory), and a ``client_max_window_bits``
-    value it offered is confirmed, as RFC 7692 section 7.1.2 allows.
-    """
-
-    def accept(offers: Sequence[object]) -> object:
-        for offer in offers:
-            if isinstance(offer, PerMessageDeflateOffer):
-                return PerMessageDeflateOfferAccept(
-                    offer,
-                    request_no_context_takeover=bool(offer.accept_no_context_takeover),
-                    request_max_window_bits=client_bits if offer.accept_max_window_bits else 0,
-                    max_message_size=max_payload,
-                )
-        return None
-
-    return accept
-
-
-def _decline(offers: Sequence[object]) -> None:
-    return None
-
-
-_parser: WebSocketServerProtocol | None = None
-
-
-def extension_error(header: str) -> str | None:
-    """Why a ``Sec-WebSocket-Extensions`` offer is malformed, or ``None`` if it is not.
-
-    Checked before the upgrade so that a bad offer gets a proper 400 from
-    twisted.web; autobahn would only find it after taking the transport over.
-    """
-    global _parser
-    if _parser is None:
-        _parser = WebSocketServerProtocol()
-    try:
-        offers = WebSocketServerProtocol._parseExtensionsHeader(_parser, header)
-        for name, params in offers:
-            extension = PERMESSAGE_COMPRESSION_EXTENSION.get(name)
-            if extension is not None:
-                offer_type: Any = extension["Offer"]
-                offer_type.parse(params)
-    except Exception as error:
-        return str(error) or type(error).__name__
-    return None
-
-
-def _offered_client_bits(extensions: Sequence[tuple[str, dict[str, list[object]]]]) -> int:
-    for name, params in extensions:
-        if name == "permessage-deflate":
-            value = params.get("client_max_window_bits", [True])[0]
-            if isinstance(value, str) and value.isdigit() and 9 <= int(value) <= 15:
-                return int(value)
-            return 0
-    return 0
-
-
 def build_factory(rule: WebSocketRule) -> RuleFactory:
     """The autobahn factory for ``rule``, configured from the rule's and the app's settings."""
     settings = rule.app.settings
@@ -293,7 +227,7 @@ def build_factory(rule: WebSocketRule) -> RuleFactory:
         failByDrop=False,
         maxMessagePayloadSize=max_payload or 0,
         perMessageCompressionAccept=(
-            _deflate_acceptor(max_payload) if rule.effective_compression else _decline
+            deflate_acceptor(max_payload) if rule.effective_compression else decline_all
         ),
         echoCloseCodeReason=True,
         closeHandshakeTimeout=settings.close_timeout,
@@ -454,8 +388,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
         self._wskey = key
         self._upgrade = (params, userdata)
         if self.factory.compression and self.websocket_extensions:
-            self.perMessageCompressionAccept = _deflate_acceptor(
-                self._rule.effective_max_payload, _offered_client_bits(self.websocket_extensions)
+            self.perMessageCompressionAccept = deflate_acceptor(
+                self._rule.effective_max_payload, offered_client_bits(self.websocket_extensions)
             )
         if self.websocket_extensions or self.factory.headers or self.factory.server or self.trackedTimings:
             self.succeedHandshake(subprotocol)

@@ -34,7 +34,8 @@ from .._headers import split_tokens
 from ..http import Response
 from ..routing import ParamValue, RouteNode
 from ..site import DeadlineChannel
-from .protocol import CrowServerProtocol, extension_error
+from .extensions import extension_error
+from .protocol import CrowServerProtocol
 
 if TYPE_CHECKING:
     from ..resource import Endpoint
