@@ -18,6 +18,7 @@ from .http import HttpRule
 from .resource import Endpoint, RouteResource
 from .routing import ParamType, RouteNode, parse_pattern
 from .site import CrowSite
+from .websocket.dispatch import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
 from .websocket.origin import OriginPolicy
 from .websocket.rule import WebSocketRule, _check_payload
 
@@ -68,6 +69,10 @@ class Settings:
     """Over ``max_send_buffer``: ``"close"`` (1008) or ``"wait"`` (the app awaits ``drained()``)."""
     max_connections: int | None = None
     """Open WebSockets the app takes at once; more get 503.  ``None``: no cap."""
+    max_queue: int | None = DEFAULT_MAX_QUEUE
+    """Messages a connection buffers while a handler is pending; reading pauses when full."""
+    max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES
+    """Bytes of messages a connection buffers while a handler is pending; reading pauses when full."""
     allowed_origins: tuple[str, ...] | None = None
     """Origins allowed to open WebSockets (see ``websocket/origin.py``); ``None``: any."""
 
@@ -166,6 +171,8 @@ class Crow:
         self,
         *,
         max_connections: int | None | object = _KEEP,
+        max_queue: int | None | object = _KEEP,
+        max_queue_bytes: int | None | object = _KEEP,
         max_send_buffer: int | None | object = _KEEP,
         send_buffer_policy: str | object = _KEEP,
         keepalive_interval: float | None | object = _KEEP,
@@ -177,6 +184,8 @@ class Crow:
         settings = self.settings
         for name, value in (
             ("max_connections", max_connections),
+            ("max_queue", max_queue),
+            ("max_queue_bytes", max_queue_bytes),
             ("max_send_buffer", max_send_buffer),
             ("keepalive_interval", keepalive_interval),
             ("keepalive_timeout", keepalive_timeout),

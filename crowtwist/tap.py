@@ -112,6 +112,12 @@ class Options(usage.Options):
          "Bytes a connection may leave unread by a slow peer ('none': no bound). [default: 4194304]"],
         ["send-buffer-policy", None, None, "Over --max-send-buffer: 'close' (1008) or 'wait'. [default: close]"],
         ["max-connections", None, None, "Open WebSockets at once; more get 503 ('none': no cap)."],
+        ["max-queue", None, None,
+         "Messages a connection buffers while a handler is pending; then it stops reading ('none': no bound)."
+         " [default: 16]"],
+        ["max-queue-bytes", None, None,
+         "Bytes of messages a connection buffers while a handler is pending ('none': no bound)."
+         " [default: 1048576]"],
     ]
     optFlags = [
         ["enforce-ws-spec", None, "Require masked client frames (Crow's CROW_ENFORCE_WS_SPEC)."],
@@ -142,7 +148,7 @@ class Options(usage.Options):
             self["listen"].append(f"tcp:{_positive('port', self['port'], int, allow_none=False)}")
         if not self["listen"]:
             self["listen"].append(f"tcp:{DEFAULT_PORT}")
-        for name in ("max-payload", "max-send-buffer", "max-connections"):
+        for name in ("max-payload", "max-send-buffer", "max-connections", "max-queue", "max-queue-bytes"):
             if self[name] is not None:
                 self[name] = _positive(name, self[name], int)
         for name in ("keepalive-interval", "keepalive-timeout", "close-timeout", "handshake-timeout"):
@@ -174,6 +180,8 @@ def configure(app: Crow, options: Options) -> None:
         ("handshake-timeout", "handshake_timeout"),
         ("max-send-buffer", "max_send_buffer"),
         ("max-connections", "max_connections"),
+        ("max-queue", "max_queue"),
+        ("max-queue-bytes", "max_queue_bytes"),
         ("send-buffer-policy", "send_buffer_policy"),
     ):
         if option in given:

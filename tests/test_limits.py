@@ -149,7 +149,7 @@ def test_hanging_handler_does_not_hold_onclose(logs: LogCapture) -> None:
     client = MemoryClient(app, "/ws")
     client.send_text("hang")
     client.send_text("queued behind it")
-    assert client.transport.producerState == "paused"
+    assert client.transport.producerState == "producing"
     client.drop()
     assert seen == [("close", 1006)]
     assert not logs.failures()

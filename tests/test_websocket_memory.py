@@ -385,11 +385,11 @@ def test_subprotocol_is_servers_first_choice() -> None:
     assert seen == ["chat.v2", ""]
 
 
-def test_slow_handler_stops_reading() -> None:
-    """While an onmessage is pending the transport is paused; later messages wait their turn."""
+def _slow_app(max_queue: int = 16) -> tuple[Crow, list[str], list[Deferred[None]], list[tuple[Any, ...]]]:
     app = Crow()
     gates: list[Deferred[None]] = []
     seen: list[str] = []
+    closes: list[tuple[Any, ...]] = []
 
     def slow(conn: Connection, data: str | bytes, is_binary: bool) -> Deferred[None]:
         seen.append(str(data))
@@ -397,14 +397,57 @@ def test_slow_handler_stops_reading() -> None:
         gates.append(gate)
         return gate
 
-    app.route("/ws").websocket().onmessage(slow)
+    (app.route("/ws").websocket().max_queue(max_queue).onmessage(slow)
+        .onclose(lambda conn, reason, code: closes.append((code, reason))))
+    return app, seen, gates, closes
+
+
+def test_slow_handler_keeps_reading_until_the_queue_is_full() -> None:
+    """While an onmessage is pending the socket is still read; only a full queue pauses it."""
+    app, seen, gates, _ = _slow_app(max_queue=4)
     client = MemoryClient(app, "/ws")
-    client.protocol.dataReceived(F.encode(F.TEXT, b"1") + F.encode(F.TEXT, b"2"))
-    assert seen == ["1"] and client.transport.producerState == "paused"
-    gates[0].callback(None)
-    assert seen == ["1", "2"] and client.transport.producerState == "paused"
-    gates[1].callback(None)
-    assert client.transport.producerState == "producing"
+    client.protocol.dataReceived(b"".join(F.encode(F.TEXT, b"%d" % i) for i in range(4)))
+    assert seen == ["0"] and client.transport.producerState == "producing"
+    client.send_text("4")
+    assert client.transport.producerState == "paused"
+    for i in range(4):
+        gates[i].callback(None)
+    assert seen == ["0", "1", "2", "3", "4"] and client.transport.producerState == "producing"
+
+
+def test_ping_is_answered_while_a_handler_is_pending() -> None:
+    """A ping sent while onmessage is pending gets its pong at once."""
+    app, seen, gates, _ = _slow_app()
+    client = MemoryClient(app, "/ws")
+    client.send_text("slow")
+    client.send(F.PING, b"are you there")
+    pongs = [f for f in client.received() if f.opcode == F.PONG]
+    assert [f.payload for f in pongs] == [b"are you there"]
+
+
+def test_peer_close_while_a_handler_is_pending_cancels_it() -> None:
+    """The peer's close is echoed at once, the pending handler is cancelled, queued messages
+    are dropped, and onclose gets the peer's code."""
+    app, seen, gates, closes = _slow_app()
+    client = MemoryClient(app, "/ws")
+    client.send_text("slow")
+    client.send_text("queued")
+    client.send_close(4321, "bye")
+    frame = client.close_frame()
+    assert frame is not None and frame.close_code == 4321
+    assert client.transport.disconnecting
+    client.drop(clean=True)
+    assert gates[0].called  # cancelled
+    assert seen == ["slow"] and closes == [(4321, "bye")]
+
+
+def test_tcp_drop_while_a_handler_is_pending_runs_onclose() -> None:
+    """A peer that vanishes while a handler hangs still gets its onclose (1006), once."""
+    app, seen, gates, closes = _slow_app()
+    client = MemoryClient(app, "/ws")
+    client.send_text("slow")
+    client.drop()
+    assert closes == [(1006, "uncleanly")]
 
 
 def test_connections_view_is_live_and_read_only() -> None:

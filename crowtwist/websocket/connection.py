@@ -10,6 +10,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, succeed
 
 from ..routing import ParamValue
+from .close import is_sendable
 
 if TYPE_CHECKING:
     from .protocol import CrowServerProtocol
@@ -17,10 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection"]
 
-# RFC 6455 7.4.1 codes an endpoint may put in a close frame, plus the registered range.
 _OPEN = WebSocketProtocol.STATE_OPEN
-
-_SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011})
 
 
 def _call_in_reactor(func: Callable[..., object], *args: Any) -> None:
@@ -143,8 +141,8 @@ class Connection:
 
     def close(self, reason: str = "quit", code: int = 1000) -> None:
         """Start the close handshake; ``onclose`` runs when it completes."""
-        if not (code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999):
-            raise ValueError(f"close code {code} may not be sent; use 1000, 1001, 1003, 1007-1011 or 3000-4999")
+        if isinstance(code, bool) or not isinstance(code, int) or not is_sendable(code):
+            raise ValueError(f"close code {code!r} may not be sent; use 1000-1003, 1007-1014 or 3000-4999")
         if get_ident() != self._thread:
             _call_in_reactor(self.close, reason, code)
             return

@@ -40,8 +40,10 @@ from .._handlers import Handler
 from ..routing import ParamValue
 from .coalesce import Coalescer
 from .connection import Connection
+from .close import CloseCode, CloseFrameError, parse_close
 from .dispatch import EventQueue
 from .extensions import decline_all, deflate_acceptor, offered_client_bits
+from .timers import BucketTimer
 
 if TYPE_CHECKING:
     from .rule import WebSocketRule
@@ -52,6 +54,7 @@ log = Logger(namespace="crowtwist")
 
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 _STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+_STATE_CLOSING = WebSocketServerProtocol.STATE_CLOSING
 
 # What autobahn's _connectionMade starts every connection with; here they are
 # class attributes, so a connection's own dict holds only what changes.
@@ -187,6 +190,12 @@ class RuleFactory(WebSocketServerFactory):
         WebSocketServerFactory.__init__(self, server=None)
         self.rule = rule
         self.compression = rule.effective_compression
+        from twisted.internet import reactor
+
+        # autobahn (private): every connection timer (keepalive, close
+        # handshake) goes through factory._batched_timer.call_later(delay, f);
+        # txaio's rounds deadlines down to whole seconds, ours rounds up.
+        self._batched_timer = BucketTimer(reactor.callLater, reactor.seconds)
 
     def protocol_class(self) -> type[CrowServerProtocol]:
         """A protocol class for this factory's connections, carrying its options.
@@ -211,7 +220,10 @@ class RuleFactory(WebSocketServerFactory):
         """A protocol for one upgraded connection."""
         protocol = self.buildProtocol(address)
         assert isinstance(protocol, CrowServerProtocol)
-        protocol._rule = self.rule
+        rule = self.rule
+        protocol._rule = rule
+        protocol._events.max_messages = rule.effective_max_queue
+        protocol._events.max_bytes = rule.effective_max_queue_bytes
         return protocol
 
 
@@ -264,8 +276,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
     tcpNoDelay: bool
     _plain = False
     _no_delay_set = False
-    """The channel this connection was taken over from already set TCP_NODELAY."""
+    """Unused: TCP_NODELAY is read from the socket (kept for callers that still set it)."""
     _app_close = False
+    _failed_close: tuple[int, str] | None = None
+    """The code and message this connection was failed with on an invalid close frame."""
     _error_reported = False
     _close_reported = False
     # The fast path's incomplete frame: its pieces, their size, the size it needs.
@@ -277,6 +291,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
     # max_send_buffer bounds.
     _backlog: deque[bytes] | None = None
     _backlog_size = 0
+    _in_transport = 0
+    """Plain TCP: bytes the socket did not take, held by the transport until it drains."""
     _paused_out = False
     _over_limit = False
     # Plain TCP: the transport's socket, for one sendmsg(2) now instead of a
@@ -311,13 +327,15 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # here they are made on first use.
         transport: Any = self.transport
         self.peer = peer2str(transport)
-        if not (self.tcpNoDelay and self._no_delay_set):
-            set_no_delay = getattr(transport, "setTcpNoDelay", None)
-            if set_no_delay is not None:
-                try:
-                    set_no_delay(self.tcpNoDelay)
-                except OSError:  # not a TCP socket (a Unix socket, say)
-                    pass
+        # Asked rather than assumed: twisted.web's channel turns Nagle off only
+        # from Twisted 24.10, and a TLS or UNIX transport may not have it.
+        get_no_delay = getattr(transport, "getTcpNoDelay", None)
+        if get_no_delay is not None:
+            try:
+                if bool(get_no_delay()) != bool(self.tcpNoDelay):
+                    transport.setTcpNoDelay(self.tcpNoDelay)
+            except OSError:  # not a TCP socket (a Unix socket, say)
+                pass
         self._connectionMade()
 
     @cached_property
@@ -478,7 +496,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         handler = self._rule.message_handler
         if handler is not None:
             data: str | bytes = payload if isBinary else payload.decode("utf-8")
-            self._events.push(handler, self.conn, data, isBinary)
+            self._events.push_message(handler, len(payload), self.conn, data, isBinary)
 
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
@@ -489,6 +507,77 @@ class CrowServerProtocol(WebSocketServerProtocol):
             reason = (reasonUtf8 or b"").decode("utf-8", "replace")
             self._report_error(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"))
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+
+    # Close frames: both receive paths end here (the fast path with a whole
+    # frame, autobahn's through processControlFrame).
+
+    def processControlFrame(self) -> bool:
+        # autobahn (public hook, private state): current_frame and
+        # control_frame_data hold the whole control frame.  Its own close
+        # handling treats a one-byte payload as an empty close, knows no 1014,
+        # and answers an invalid code with a reset and a clean 1000.
+        if self.current_frame.opcode == 8:
+            payload = b"".join(self.control_frame_data)
+            self.control_frame_data = cast(Any, None)
+            self._close_frame_received(payload)
+            return True
+        return bool(super().processControlFrame())
+
+    def _close_frame_received(self, payload: bytes) -> None:
+        try:
+            code, reason = parse_close(payload)
+        except CloseFrameError as error:
+            self._fail_on_close(error.code, error.message)
+            return
+        self.remoteCloseCode = code
+        self.remoteCloseReason = reason or None
+        if self.state == _STATE_OPEN:
+            # The peer starts the close: echo its code and reason, then close the TCP connection.
+            self.wasClean = True
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123) if code else None, isReply=True)
+            self.dropConnection(abort=False)
+        elif self.state == _STATE_CLOSING:
+            # The peer's answer to our close: the handshake is complete.
+            timeout = self.closeHandshakeTimeoutCall
+            if timeout is not None:
+                timeout.cancel()
+                self.closeHandshakeTimeoutCall = None
+            self.wasClean = True
+            self.dropConnection(abort=False)
+
+    def _fail_on_close(self, code: CloseCode, message: str) -> None:
+        # RFC 6455 7.1.7: fail the connection: a close frame saying why (the
+        # peer has closed already, so no answer is awaited), then the TCP close.
+        if self.failedByMe and self.localCloseCode is not None:
+            # Failed already (autobahn found the frame broken first): that is the close to report.
+            sent = self.localCloseReason
+            self._failed_close = (self.localCloseCode, sent.decode("utf-8", "replace") if sent else "")
+        else:
+            self._failed_close = (int(code), message)
+        self.wasClean = False
+        self.wasNotCleanReason = message
+        if self.state == _STATE_OPEN:
+            self._report_error(message)
+            self.sendCloseFrame(code=int(code), reasonUtf8=encode_truncate(message, 123), isReply=True)
+        self.dropConnection(abort=False)
+
+    # A connection failed by us only waits for the peer's close frame: the rest
+    # of a data frame is skipped, not inflated, validated or kept (autobahn would
+    # inflate it again, fail again, and never reach the close frame behind it).
+
+    def onFrameData(self, payload: bytes) -> bool | None:
+        if self.failedByMe and self.current_frame.opcode < 8:
+            return None
+        return super().onFrameData(payload)
+
+    def onFrameEnd(self) -> bool | None:
+        frame = self.current_frame
+        if self.failedByMe and frame.opcode < 8:
+            if frame.fin:
+                self.inside_message = False
+            self.current_frame = cast(Any, None)
+            return None
+        return super().onFrameEnd()
 
     def onAutoPingTimeout(self) -> None:
         # autobahn drops the TCP connection here; a close frame with 1011 tells
@@ -520,12 +609,15 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 self.closed.callback(None)
             return
         self._close_reported = True
-        # A handler still pending (a Deferred that may never fire) must not hold onclose back.
-        self._events.cancel_pending()
+        # A handler still pending (a Deferred that may never fire) must not hold
+        # onclose back, and messages still queued are for nobody now.
+        self._events.close()
         rule = self._rule
         rule._closed(conn)
         conn._detach()
-        if wasClean:
+        if self._failed_close is not None:
+            code, reason = self._failed_close
+        elif wasClean:
             code = 1005 if code is None else code
             reason = reason or ""
         else:
@@ -678,7 +770,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         handler = self._rule.message_handler
         limit = self.maxMessagePayloadSize
         lenient = not self.requireMaskedClientFrames
-        push = self._events.push
+        push = self._events.push_message
         conn = self.conn
         while offset < size:
             first = data[offset]
@@ -725,19 +817,14 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 except UnicodeDecodeError:
                     break
             elif first == 0x88:
-                # The close frame: autobahn's own handling (code and reason
-                # checks, the echoed close, the drop), without its frame machinery.
                 offset = end
-                code = (payload[0] << 8) | payload[1] if length else None
-                reason = payload[2:] if length > 2 else None
-                # autobahn annotates both as required but passes None itself for an empty close.
-                self.onCloseFrame(code, reason)  # type: ignore[arg-type]
+                self._close_frame_received(payload)
                 break
             else:
                 message = payload
             offset = end
             if handler is not None:
-                push(handler, conn, message, first == 0x82)
+                push(handler, length, conn, message, first == 0x82)
             if self.state != _STATE_OPEN:
                 break
         if offset > start_offset:
@@ -816,6 +903,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
         data = b"".join(parts)
         transport.write(data[sent:] if sent > 0 else data)
         self._paused_out = True
+        self._in_transport += size - max(sent, 0)
+        conn = self.conn
+        if conn is not None and conn.writable:
+            self._update_writable()
 
     def _hold_back(self, data: bytes) -> None:
         backlog = self._backlog
@@ -838,6 +929,9 @@ class CrowServerProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
             return
         self._paused_out = paused
+        if not paused:
+            # A pull producer is resumed when the transport's buffer is empty.
+            self._in_transport = 0
         backlog = self._backlog
         if not paused and backlog:
             if self._socket is not None:
@@ -857,17 +951,19 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     def _update_writable(self) -> None:
         # Writable while at most a high-water mark's worth waits to go out:
-        # over TLS the transport's own buffer, on plain TCP the backlog.
+        # over TLS the transport's own buffer, on plain TCP the backlog and
+        # what the socket left with the transport.
         conn = self.conn
         if conn is not None:
             if self._socket is None:
                 conn._set_writable(not self._paused_out)
             else:
-                conn._set_writable(self._backlog_size <= _READ_SIZE)
+                conn._set_writable(self._backlog_size + self._in_transport <= _READ_SIZE)
 
     def _outgoing_stopped(self) -> None:
         self._backlog = None
         self._backlog_size = 0
+        self._in_transport = 0
         self._paused_out = False
         self._update_writable()
 
@@ -895,12 +991,31 @@ class CrowServerProtocol(WebSocketServerProtocol):
         super()._closeConnection(False)
 
     def _pause_reading(self) -> None:
+        # The incoming queue is full: stop reading.  A pong we do not read is no
+        # fault of the peer's, so keepalive stops judging it until we read again.
         if self.transport is not None:
             cast(IPushProducer, self.transport).pauseProducing()
+        self._suspend_keepalive()
 
     def _resume_reading(self) -> None:
         if self.transport is not None:
             cast(IPushProducer, self.transport).resumeProducing()
+        if self.autoPingInterval and self.state == _STATE_OPEN and self.autoPingPendingCall is None:
+            # autobahn (private): the next automatic ping, as it schedules it.
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing
+            )
+
+    def _suspend_keepalive(self) -> None:
+        # autobahn (private): autoPingPendingCall sends the next ping,
+        # autoPingTimeoutCall fails the connection when its pong is late, and
+        # autoPingPending is the ping awaited (a pong for it is then ignored).
+        for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
+            call = getattr(self, name)
+            if call is not None:
+                call.cancel()
+                setattr(self, name, None)
+        self.autoPingPending = None
 
 
 for _name, _value in _INITIAL_STATE.items():

@@ -62,6 +62,8 @@ class WebSocketRule:
         self._compression: bool | None = None
         self.offered_subprotocols: tuple[str, ...] = ()
         self._max_connections: int | None = None
+        self._max_queue: int | None = _UNSET
+        self._max_queue_bytes: int | None = _UNSET
         self._origins: tuple[str, ...] | None = None
         # The compiled policy and the settings it was compiled from, so that a
         # change of allowed origins or allow_null_origin takes effect.
@@ -124,6 +126,33 @@ class WebSocketRule:
         self._compression = bool(enabled)
         self.reset_factory()
         return self
+
+    def max_queue(self, messages: int | None = _UNSET, size: int | None = _UNSET) -> WebSocketRule:
+        """Bound the messages a connection buffers while a handler is pending (count, bytes).
+
+        When either bound is reached the connection stops reading until the
+        queue is down to a quarter; ``None`` lifts a bound.  Default: the app's.
+        """
+        for name, value in (("messages", messages), ("size", size)):
+            if value is not _UNSET and value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                raise ValueError(f"route {self.pattern!r}: max_queue {name} must be a positive int or None")
+        if messages is not _UNSET:
+            self._max_queue = messages
+        if size is not _UNSET:
+            self._max_queue_bytes = size
+        return self
+
+    @property
+    def effective_max_queue(self) -> int | None:
+        """Messages a connection of this route buffers behind a pending handler."""
+        return self.app.settings.max_queue if self._max_queue is _UNSET else self._max_queue
+
+    @property
+    def effective_max_queue_bytes(self) -> int | None:
+        """Bytes of messages a connection of this route buffers behind a pending handler."""
+        return self.app.settings.max_queue_bytes if self._max_queue_bytes is _UNSET else self._max_queue_bytes
 
     def max_connections(self, count: int | None) -> WebSocketRule:
         """At most ``count`` open connections on this route; more get 503 (``None``: no cap)."""
