@@ -110,7 +110,17 @@ class EventQueue:
 
     def push_message(self, handler: Handler | None, size: int, *args: Any) -> None:
         """Like ``push``, for a message of ``size`` bytes: it counts against the queue's bounds."""
-        self._push(handler, args, False, size)
+        if self._running or self._waiting or self._queue or self._failed or self._closed or handler is None:
+            self._push(handler, args, False, size)
+            return
+        # The common case, inline (once per message): nothing ahead of it.
+        self._running = True
+        try:
+            self._run(handler, args)
+        finally:
+            self._running = False
+        if self._queue and not self._waiting:
+            self._drain()
 
     def _push(self, handler: Handler | None, args: tuple[Any, ...], essential: bool, size: int) -> None:
         if handler is None or ((self._failed or self._closed) and not essential):

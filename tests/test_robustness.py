@@ -1,0 +1,444 @@
+"""What black-box probes found, over real sockets on 127.0.0.1 with clients we did not write
+(the websockets library, autobahn's client) and raw sockets where the peer must misbehave:
+a pending handler never makes its connection deaf, close frames are judged by RFC 6455,
+flow control counts every byte not yet on the wire, and timers are never early."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+from collections.abc import Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from crowtwist import Connection, Crow
+from crowtwist.websocket.close import CloseCode, CloseFrameError, parse_close
+from crowtwist.websocket.timers import BucketTimer
+
+from . import frames as F
+from .clients import connect_autobahn, connect_raw, listen, within
+from .test_end_to_end import serve, wait_until  # noqa: F401  (a fixture)
+
+
+def later(seconds: float, value: object = None) -> Deferred[Any]:
+    return deferLater(reactor, seconds, lambda: value)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """A WebSocket route whose handlers record what they see."""
+
+    def __init__(self, app: Crow, pattern: str = "/ws") -> None:
+        self.log: list[tuple[Any, ...]] = []
+        self.pending: list[Deferred[Any]] = []
+        self.cancelled: list[str] = []
+        self.rule = (
+            app.route(pattern)
+            .websocket()
+            .onopen(lambda conn: self.log.append(("open",)))
+            .onerror(lambda conn, message: self.log.append(("error", message)))
+            .onclose(lambda conn, reason, code: self.log.append(("close", code, reason)))
+        )
+
+    def hang(self, conn: Connection, data: str | bytes, is_binary: bool) -> Deferred[None]:
+        """An onmessage that never finishes by itself."""
+        self.log.append(("message", data))
+        d: Deferred[None] = Deferred(lambda _: self.cancelled.append(str(data)))
+        self.pending.append(d)
+        return d
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [e for e in self.log if e[0] == name]
+
+
+# 1. A pending handler must not make its connection deaf.
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_handler_is_not_a_dead_peer(serve: Any) -> Iterator[Any]:
+    """With keepalive 0.3 s / 0.3 s, an onmessage that takes 1.5 s does not get its healthy peer closed."""
+    app = Crow().websocket_limits(keepalive_interval=0.3, keepalive_timeout=0.3)
+    rec = Recorder(app)
+
+    async def slow(conn: Connection, data: str | bytes, is_binary: bool) -> None:
+        await later(1.5)
+        conn.send_text(f"done {data}")
+
+    rec.rule.onmessage(slow)
+    port = serve(app)
+
+    def client() -> list[str]:
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, close_timeout=5) as ws:
+            ws.send("a")
+            first = str(ws.recv(timeout=10))
+            ws.send("b")
+            return [first, str(ws.recv(timeout=10))]
+
+    replies = yield within(deferToThread(client), 20)
+    assert replies == ["done a", "done b"]
+    yield wait_until(lambda: bool(rec.named("close")))
+    assert rec.named("close") == [("close", 1000, "")]
+    assert not rec.named("error")
+
+
+@pytest_twisted.inlineCallbacks
+def test_peer_close_during_a_hung_handler_is_answered_at_once(serve: Any) -> Iterator[Any]:
+    """Keepalive off, onmessage hangs: the peer's close is echoed at once, the handler is cancelled,
+    onclose gets the peer's code, and the socket is freed."""
+    app = Crow().websocket_limits(keepalive_interval=None)
+    rec = Recorder(app)
+    rec.rule.onmessage(rec.hang)
+    port = serve(app)
+
+    def client() -> tuple[float, int | None]:
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, close_timeout=5) as ws:
+            ws.send("hang")
+            ws.send("queued")
+            started = time.monotonic()
+            ws.close(4000, "leaving")
+            rcvd = ws.protocol.close_rcvd
+            return time.monotonic() - started, rcvd.code if rcvd else None
+
+    took, echoed = yield within(deferToThread(client))
+    assert echoed == 4000 and took < 2
+    yield wait_until(lambda: bool(rec.named("close")))
+    assert rec.named("close") == [("close", 4000, "leaving")]
+    assert rec.cancelled == ["hang"] and rec.named("message") == [("message", "hang")]
+    assert len(rec.rule.connections) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_tcp_close_during_hung_handlers_frees_every_socket(serve: Any) -> Iterator[Any]:
+    """Peers that just leave (FIN, no close frame) while handlers hang each get onclose 1006, once."""
+    app = Crow().websocket_limits(keepalive_interval=None)
+    rec = Recorder(app)
+    rec.rule.onmessage(rec.hang)
+    port = serve(app)
+    clients = []
+    for _ in range(4):
+        raw = yield connect_raw(port)
+        yield raw.handshake("/ws")
+        raw.transport.write(F.encode(F.TEXT, b"hang"))
+        clients.append(raw)
+    yield wait_until(lambda: len(rec.named("message")) == 4)
+    for raw in clients:
+        raw.transport.loseConnection()
+    yield wait_until(lambda: len(rec.named("close")) == 4)
+    assert rec.named("close") == [("close", 1006, "uncleanly")] * 4
+    assert len(rec.cancelled) == 4 and len(rec.rule.connections) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_ping_answered_and_order_kept_while_a_handler_is_pending(serve: Any) -> Iterator[Any]:
+    """A raw client's ping is answered while onmessage is pending; messages still run one at a time, in order."""
+    app = Crow()
+    rec = Recorder(app)
+    running: list[int] = []
+
+    async def handler(conn: Connection, data: str | bytes, is_binary: bool) -> None:
+        running.append(1)
+        assert len(running) == 1, "two handlers of one connection ran at once"
+        rec.log.append(("message", data))
+        if data == "0":
+            await later(0.3)
+        conn.send_text(f"done {data}")
+        running.pop()
+
+    rec.rule.onmessage(handler)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    raw.transport.write(b"".join(F.encode(F.TEXT, b"%d" % i) for i in range(5)) + F.encode(F.PING, b"hi"))
+    frames = yield raw.next_frames(1)
+    assert (frames[0].opcode, frames[0].payload) == (F.PONG, b"hi")
+    frames = yield raw.next_frames(5)
+    assert [f.payload for f in frames] == [b"done %d" % i for i in range(5)]
+    raw.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_full_queue_pauses_reading(serve: Any) -> Iterator[Any]:
+    """A client that floods a connection whose handler hangs fills the queue, then the socket:
+    what the server holds stays within the bound plus one read."""
+    app = Crow().websocket_limits(keepalive_interval=None)
+    rec = Recorder(app)
+    rec.rule.max_queue(8, 64 * 1024).onmessage(rec.hang)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    payload = F.encode(F.BINARY, b"x" * 1024)
+    for _ in range(4000):  # 4 MiB: more than the socket buffers hold
+        raw.transport.write(payload)
+    yield wait_until(lambda: bool(rec.named("message")))
+    (conn,) = rec.rule.connections
+    queue = conn._protocol._events
+    yield wait_until(lambda: queue.paused)
+    yield later(0.2)
+    assert len(queue) <= 8 + 256 and queue.queued_bytes <= 64 * 1024 + 256 * 1024
+    raw.transport.abortConnection()
+
+
+# 4. Close frames.
+
+INVALID_CLOSES = [
+    ((999).to_bytes(2, "big"), 1002),
+    ((1004).to_bytes(2, "big"), 1002),
+    ((1005).to_bytes(2, "big"), 1002),
+    ((1006).to_bytes(2, "big"), 1002),
+    ((1015).to_bytes(2, "big"), 1002),
+    ((1016).to_bytes(2, "big"), 1002),
+    ((2999).to_bytes(2, "big"), 1002),
+    ((5000).to_bytes(2, "big"), 1002),
+    (b"\x03", 1002),
+    ((1000).to_bytes(2, "big") + b"\xc3\x28", 1007),
+]
+
+
+@pytest.mark.parametrize("payload,expected", INVALID_CLOSES, ids=lambda v: v.hex() if isinstance(v, bytes) else str(v))
+@pytest_twisted.inlineCallbacks
+def test_invalid_close_frame_is_answered_with_its_error(serve: Any, payload: bytes, expected: int) -> Iterator[Any]:
+    """A close frame that breaks RFC 6455 gets a close frame with 1002 (1007 for a bad reason),
+    then the TCP close; onerror, then onclose with that code."""
+    app = Crow()
+    rec = Recorder(app)
+    rec.rule.onmessage(lambda conn, data, is_binary: None)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    raw.transport.write(F.encode(F.CLOSE, payload))
+    frames = yield raw.next_frames(1)
+    assert frames[0].opcode == F.CLOSE and frames[0].close_code == expected
+    yield within(raw.lost)  # the server closed the TCP connection, not a reset from us
+    yield wait_until(lambda: bool(rec.named("close")))
+    assert [e[0] for e in rec.log] == ["open", "error", "close"]
+    assert rec.named("close")[0][1] == expected
+
+
+@pytest.mark.parametrize("code", [1012, 1013, 1014, 3000, 4999])
+@pytest_twisted.inlineCallbacks
+def test_registered_codes_are_valid_both_ways(serve: Any, code: int) -> Iterator[Any]:
+    """1012-1014 (and the application range) are echoed when received and may be sent with conn.close()."""
+    app = Crow()
+    rec = Recorder(app)
+    rec.rule.onmessage(lambda conn, data, is_binary: conn.close("as asked", int(data)))
+    port = serve(app)
+
+    def client() -> tuple[int, str] | None:
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, close_timeout=5) as ws:
+            ws.send(str(code))
+            try:
+                ws.recv(timeout=5)
+            except ConnectionClosed as closed:
+                return (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None
+        return None
+
+    # websockets knows 1012-1014 (autobahn's client does not know 1014) and echoes the code.
+    received = yield within(deferToThread(client))
+    assert received == (code, "as asked")
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    raw.transport.write(F.encode(F.CLOSE, F.close_payload(code, "peer")))
+    frames = yield raw.next_frames(1)
+    assert frames[0].close_code == code
+    yield wait_until(lambda: len(rec.named("close")) == 2)
+    assert rec.named("close") == [("close", code, "as asked"), ("close", code, "peer")]
+    assert not rec.named("error")
+
+
+def test_parse_close_against_the_rfc() -> None:
+    """parse_close accepts exactly the codes a peer may send, and UTF-8 reasons."""
+    valid = {1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)}
+    for code in range(0, 70000, 1):
+        if code > 65535:
+            break
+        payload = code.to_bytes(2, "big") + b"why"
+        if code in valid:
+            assert parse_close(payload) == (code, "why")
+        else:
+            with pytest.raises(CloseFrameError) as raised:
+                parse_close(payload)
+            assert raised.value.code == CloseCode.PROTOCOL_ERROR
+    assert parse_close(b"") == (None, "")
+    assert CloseCode.NormalClosure == 1000 and CloseCode.EndpointGoingAway == CloseCode.GOING_AWAY
+
+
+@pytest_twisted.inlineCallbacks
+def test_deflate_message_over_max_payload_completes_the_close(serve: Any) -> Iterator[Any]:
+    """With permessage-deflate, a message over max_payload gets 1009 and the close handshake
+    completes at once: onclose gets 1009, not 1006 after the close timeout."""
+    app = Crow().websocket_limits(close_timeout=5)
+    rec = Recorder(app)
+    rec.rule.max_payload(100_000).onmessage(lambda conn, data, is_binary: None)
+    port = serve(app)
+
+    def client() -> tuple[int | None, str | None]:
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, close_timeout=5) as ws:
+            ws.send(b"\0" * 1_000_000)
+            try:
+                ws.recv(timeout=5)
+            except ConnectionClosed as closed:
+                return (closed.rcvd.code if closed.rcvd else None), ws.response.headers.get("Sec-WebSocket-Extensions")
+        return None, None
+
+    started = reactor.seconds()  # type: ignore[attr-defined]
+    code, extensions = yield within(deferToThread(client))
+    assert code == 1009 and extensions and "permessage-deflate" in extensions
+    yield wait_until(lambda: bool(rec.named("close")), 3)
+    assert rec.named("close")[0][1] == 1009
+    assert reactor.seconds() - started < 3  # type: ignore[attr-defined]
+
+
+# 5. Flow control and timers.
+
+
+@pytest_twisted.inlineCallbacks
+def test_writable_counts_what_the_transport_holds(serve: Any) -> Iterator[Any]:
+    """After a large send to a peer that reads nothing, writable is false and drained() waits."""
+    app = Crow().websocket_limits(keepalive_interval=None)
+    conns: list[Connection] = []
+    app.route("/ws").websocket().onopen(conns.append)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    raw.transport.pauseProducing()  # and never reads again
+    yield wait_until(lambda: bool(conns))
+    conn = conns[0]
+    conn.send_binary(b"\0" * (32 * 1024 * 1024))
+    assert not conn.writable
+    drained = conn.drained()
+    yield later(0.1)
+    assert not drained.called and conn.is_open
+    raw.transport.abortConnection()
+    yield within(drained)
+
+
+@pytest_twisted.inlineCallbacks
+def test_readme_drained_loop_with_large_chunks_reaches_a_fast_reader(serve: Any) -> Iterator[Any]:
+    """The README's `await conn.drained()` loop, 5 MiB chunks, a reader that keeps up: all arrive, no 1008."""
+    app = Crow()
+    chunk = b"z" * (5 * 1024 * 1024)
+    closes: list[int] = []
+
+    async def stream(conn: Connection) -> None:
+        for _ in range(6):
+            await conn.drained()
+            if not conn.is_open:
+                return
+            conn.send_binary(chunk)
+        conn.close("done", 1000)
+
+    app.route("/ws").websocket().onopen(stream).onclose(lambda conn, reason, code: closes.append(code))
+    port = serve(app)
+
+    def client() -> int:
+        total = 0
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, max_size=None, compression=None) as ws:
+            try:
+                while True:
+                    total += len(ws.recv(timeout=20))
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1000, closed
+        return total
+
+    total = yield within(deferToThread(client), 60)
+    assert total == 6 * len(chunk)
+    yield wait_until(lambda: bool(closes))
+    assert closes == [1000]
+
+
+def test_bucket_timer_is_never_early() -> None:
+    """Deadlines round up to the next bucket, never down; one reactor call serves a bucket."""
+    clock = Clock()
+    clock.advance(100.7)
+    timer = BucketTimer(clock.callLater, clock.seconds, resolution=0.02)
+    fired: list[float] = []
+    for delay in (0.5, 0.5, 0.013, 1.0, 0.0):
+        timer.call_later(delay, lambda d=delay: fired.append(d))
+    assert len(clock.getDelayedCalls()) == 4  # the two 0.5 s timers share a bucket
+    cancelled = timer.call_later(0.3, lambda: fired.append(-1))
+    cancelled.cancel()
+    for _ in range(80):
+        clock.advance(0.0125)
+        due = [d for d in fired]
+        for d in due:
+            assert d <= clock.seconds() - 100.7 + 1e-9
+    assert sorted(fired) == [0.0, 0.013, 0.5, 0.5, 1.0]
+    cancelled.cancel()  # harmless after its time
+
+
+@pytest_twisted.inlineCallbacks
+def test_sub_second_close_timeout_is_kept(serve: Any) -> Iterator[Any]:
+    """close_timeout 0.5 s: peers that answer a server close within milliseconds all close cleanly."""
+    app = Crow().websocket_limits(close_timeout=0.5)
+    rec = Recorder(app)
+    rec.rule.onmessage(lambda conn, data, is_binary: conn.close("bye", 1000))
+    port = serve(app)
+    for _ in range(10):
+        client = yield connect_autobahn(port, "/ws")
+        client.sendMessage(b"close me")
+        clean, code, _ = yield within(client.closed_with)
+        assert clean and code == 1000
+    yield wait_until(lambda: len(rec.named("close")) == 10)
+    assert {e[1] for e in rec.named("close")} == {1000}
+
+
+@pytest_twisted.inlineCallbacks
+def test_sub_second_keepalive_keeps_healthy_peers(serve: Any) -> Iterator[Any]:
+    """keepalive 0.2 s interval / 0.5 s timeout: clients that answer pings stay open for 2 s."""
+    app = Crow().websocket_limits(keepalive_interval=0.2, keepalive_timeout=0.5)
+    rec = Recorder(app)
+    rec.rule.onmessage(lambda conn, data, is_binary: conn.send_text("pong"))
+    port = serve(app)
+    clients = []
+    for _ in range(3):
+        clients.append((yield connect_autobahn(port, "/ws")))
+    yield later(2.0)
+    assert not rec.named("close") and not rec.named("error")
+    for client in clients:
+        client.sendClose(1000)
+        yield within(client.closed_with)
+
+
+@pytest_twisted.inlineCallbacks
+def test_keepalive_still_closes_a_silent_peer(serve: Any) -> Iterator[Any]:
+    """A peer that never answers pings is closed with 1011 once the pong timeout passes."""
+    app = Crow().websocket_limits(keepalive_interval=0.2, keepalive_timeout=0.3, close_timeout=0.3)
+    rec = Recorder(app)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    frames = yield raw.next_frames(1)
+    assert frames[0].opcode == F.PING  # and no pong
+    frames = yield raw.wait_for(lambda: [f for f in raw.frames if f.opcode == F.CLOSE] or None)
+    assert frames[0].close_code == 1011
+    yield wait_until(lambda: bool(rec.named("close")))
+
+
+@pytest_twisted.inlineCallbacks
+def test_upgraded_sockets_have_nagle_off(serve: Any) -> Iterator[Any]:
+    """TCP_NODELAY is on for every upgraded connection, whatever the HTTP channel did before."""
+    app = Crow()
+    conns: list[Connection] = []
+
+    def accept(request: Any) -> bool:
+        # As Twisted before 24.10 left it.
+        request.channel.transport.setTcpNoDelay(False)
+        return True
+
+    app.route("/ws").websocket().onopen(conns.append)
+    app.route("/accepting").websocket().onaccept(accept).onopen(conns.append)
+    port = serve(app)
+    for path in ("/ws", "/accepting"):
+        client = yield connect_autobahn(port, path)
+        yield wait_until(lambda: len(conns) == (1 if path == "/ws" else 2))
+        sock = conns[-1]._protocol.transport.getHandle()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client.sendClose(1000)
+        yield within(client.closed_with)
