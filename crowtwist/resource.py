@@ -1,13 +1,13 @@
-"""The app's routes as a twisted.web ``Resource`` tree.
+"""The app's routes as a twisted.web ``Resource`` tree, two levels deep.
 
-Each level of the route tree is a ``RouteResource``, made on first use.
-Static and typed segments are both resolved in ``getChildWithDefault``,
-which converts a typed segment, records the value on
-``request.route_params`` and only takes a branch from which the rest of
-the path can still match, so precedence (static first, then typed in
-declaration order) holds with backtracking, as in Crow's trie.  Resources
-mounted with ``putChild`` answer where no route does.  A route's end
-renders its HTTP rule or its WebSocket leaf.
+``RouteResource`` is where twisted.web enters the app (a ``Site``'s root,
+or mounted with ``putChild``).  Asked for its first child, it matches the
+whole rest of the path at once with ``RouteNode.match``, the same call the
+upgrade fast path makes, and answers with the leaf of the route found:
+``EndpointResource``, one per route, made with it, ``isLeaf`` always.  The
+converted typed segments go on ``request.route_params``.  Nothing is cached
+from one request for the next, so no request can change how another one
+routes.  Resources mounted with ``putChild`` answer where no route does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .websocket.upgrade import fast_upgrade
 if TYPE_CHECKING:
     from .websocket.rule import WebSocketRule
 
-__all__ = ["Endpoint", "RouteResource"]
+__all__ = ["Endpoint", "EndpointResource", "RouteResource"]
 
 _NOT_FOUND = NotFound()
 
@@ -34,16 +34,19 @@ _NOT_FOUND = NotFound()
 class Endpoint:
     """What a route tree node serves: HTTP rules by method and at most one WebSocket rule."""
 
-    __slots__ = ("http", "websocket", "leaf")
+    __slots__ = ("http", "websocket", "leaf", "resource")
 
     def __init__(self) -> None:
         self.http: dict[str, HttpRule] = {}
         self.websocket: WebSocketRule | None = None
         self.leaf: WebSocketLeaf | None = None
+        """The WebSocket rule's leaf, made on first use (it depends on the rule alone)."""
+        self.resource = EndpointResource(self)
+        """The twisted.web leaf that serves this route."""
 
 
 def route_params(request: Request) -> list[ParamValue]:
-    """The converted typed segments of ``request`` so far (``request.route_params``)."""
+    """The converted typed segments of the route ``request`` took (``request.route_params``)."""
     params: list[ParamValue] | None = getattr(request, "route_params", None)
     if params is None:
         params = []
@@ -51,42 +54,64 @@ def route_params(request: Request) -> list[ParamValue]:
     return params
 
 
-def _decode(segment: bytes) -> str | None:
-    try:
-        return segment.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+class EndpointResource(Resource):
+    """The leaf of one route: its HTTP rules or its WebSocket rule, by what the request asks."""
+
+    isLeaf = True
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        Resource.__init__(self)
+        self._endpoint = endpoint
+
+    def render(self, request: Request) -> bytes | int:
+        endpoint = self._endpoint
+        rule = endpoint.websocket
+        if rule is not None and (not endpoint.http or wants_upgrade(request)):
+            leaf = endpoint.leaf
+            if leaf is None or leaf.rule is not rule:
+                leaf = endpoint.leaf = WebSocketLeaf(rule)
+            result: bytes | int = leaf.render(request)
+            return result
+        return render_http(endpoint.http, request, route_params(request))
 
 
 class RouteResource(Resource):
-    """One level of the route tree."""
+    """The app's routes, as one twisted.web resource."""
 
-    def __init__(self, node: RouteNode[Endpoint], leaf: bool = False) -> None:
+    def __init__(self, node: RouteNode[Endpoint]) -> None:
         Resource.__init__(self)
         self._node = node
-        self.isLeaf = leaf
-        self._resources: dict[RouteNode[Endpoint], RouteResource] = {}
 
-    def _resource_for(self, node: RouteNode[Endpoint], leaf: bool) -> RouteResource:
-        resource = self._resources.get(node)
-        if resource is None:
-            resource = self._resources[node] = RouteResource(node, leaf)
-        return resource
+    def _route(self, path: bytes, request: Request) -> EndpointResource | None:
+        # twisted.web has split and unquoted the path as routing.path_segments
+        # does for the fast path.  A target not starting with "/" lost its
+        # first byte to that split; like a segment that is not UTF-8, it
+        # matches no route.
+        if request.path[:1] != b"/":
+            return None
+        postpath = request.postpath or []
+        try:
+            segments = [path.decode(), *map(bytes.decode, postpath)]  # UTF-8, strict
+        except UnicodeDecodeError:
+            return None
+        found = self._node.match(segments)
+        if found is None:
+            return None
+        node, params = found
+        endpoint = node.endpoint
+        if endpoint is None:
+            return None
+        request.route_params = params  # type: ignore[attr-defined]  # read by handlers, onaccept and the leaf
+        # The route took the whole path.
+        if request.prepath is not None:
+            request.prepath.extend(postpath)
+        del postpath[:]
+        return endpoint.resource
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        segment = _decode(path)
-        rest: list[str] = []
-        for raw in request.postpath or ():
-            decoded = _decode(raw)
-            if decoded is None:
-                return _NOT_FOUND
-            rest.append(decoded)
-        if segment is None:
-            return _NOT_FOUND
-        for node, value, width in self._node.step(segment, rest):
-            if value is not None:
-                route_params(request).append(value)
-            return self._resource_for(node, leaf=width > 1)
+        leaf = self._route(path, request)
+        if leaf is not None:
+            return leaf
         # Resources a user mounted with putChild, where no route matches.
         child: IResource = self.children.get(path, _NOT_FOUND)
         return child
@@ -96,17 +121,11 @@ class RouteResource(Resource):
         return fast_upgrade(self._node, channel, data)
 
     def render(self, request: Request) -> bytes | int:
-        endpoint = self._node.endpoint
+        # Mounted at /prefix and asked for /prefix itself: serve the "/" route.
+        found = self._node.match([""])
+        endpoint = found[0].endpoint if found is not None else None
         if endpoint is None:
-            # Mounted at /prefix and asked for /prefix itself: serve the "/" route.
-            child = self._node.static.get("")
-            endpoint = child.endpoint if child is not None else None
-            if endpoint is None:
-                return _NOT_FOUND.render(request)
-        params = route_params(request)
-        if endpoint.websocket is not None and (not endpoint.http or wants_upgrade(request)):
-            if endpoint.leaf is None or endpoint.leaf.rule is not endpoint.websocket:
-                endpoint.leaf = WebSocketLeaf(endpoint.websocket)
-            result: bytes | int = endpoint.leaf.render(request)
-            return result
-        return render_http(endpoint.http, request, params)
+            return _NOT_FOUND.render(request)
+        request.route_params = []  # type: ignore[attr-defined]
+        result: bytes | int = endpoint.resource.render(request)
+        return result

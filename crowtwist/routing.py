@@ -2,8 +2,10 @@
 
 Pure functions and plain data; nothing here knows about Twisted, so the rules
 are tested with plain calls.  A pattern is split on ``/`` the way twisted.web
-splits a request path, so one pattern segment lines up with one ``Resource``
-level: ``"/"`` is the single empty segment, ``"/a/"`` is ``["a", ""]``.
+splits a request path (``path_segments``): ``"/"`` is the single empty
+segment, ``"/a/"`` is ``["a", ""]``.  Request segments are percent-decoded
+and UTF-8 before they are matched, so ``<string>`` and ``<path>`` values
+arrive decoded.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "ParamType",
@@ -21,6 +24,7 @@ __all__ = [
     "RouteNode",
     "Segment",
     "parse_pattern",
+    "path_segments",
 ]
 
 ParamValue = int | float | str
@@ -71,6 +75,13 @@ def _to_double(text: str) -> float | None:
 
 
 def _to_string(text: str) -> str | None:
+    # A segment is unquoted before it is matched, so "%2F" would put a slash in
+    # it; Crow's <string> never holds one (handlers count on it: "..%2F.." is
+    # not one segment), so such a segment is no <string>.
+    return text if text and "/" not in text else None
+
+
+def _to_path(text: str) -> str | None:
     return text if text else None
 
 
@@ -89,7 +100,7 @@ INT = ParamType("int", _to_int)
 UINT = ParamType("uint", _to_uint)
 DOUBLE = ParamType("double", _to_double)
 STRING = ParamType("string", _to_string)
-PATH = ParamType("path", _to_string)
+PATH = ParamType("path", _to_path)
 
 PARAM_TYPES: dict[str, ParamType] = {
     "int": INT,
@@ -134,6 +145,23 @@ def parse_pattern(pattern: str) -> tuple[Segment, ...]:
     return tuple(segments)
 
 
+def path_segments(path: bytes) -> list[str] | None:
+    """The segments routes are matched against, for a request path without its query.
+
+    As twisted.web's ``Request.postpath`` has them (split on ``/`` after the
+    leading one, each unquoted), decoded as UTF-8.  ``None`` where no route
+    can match: a target not starting with ``/`` (twisted.web would drop its
+    first byte and route the rest; Crow matches nothing), or a segment that
+    is not UTF-8 once unquoted.
+    """
+    if path[:1] != b"/":
+        return None
+    try:
+        return [unquote_to_bytes(s).decode("utf-8") for s in path[1:].split(b"/")]
+    except UnicodeDecodeError:
+        return None
+
+
 T = TypeVar("T")
 
 
@@ -163,45 +191,63 @@ class RouteNode(Generic[T]):
         self.typed.append((segment, node))
         return node
 
-    def step(
-        self, segment: str, rest: Sequence[str]
-    ) -> Iterator[tuple[RouteNode[T], ParamValue | None, int]]:
-        """Children that take ``segment`` and from which ``rest`` can still match.
-
-        Yields ``(child, value, width)`` in precedence order: the static child
-        first, then typed children in declaration order (Crow's rule).  ``value``
-        is ``None`` for a static segment; ``width`` is how many segments the
-        child consumes: one, or all that are left for ``<path>``.
-        """
-        node = self.static.get(segment)
-        if node is not None and node.matches(rest):
-            yield node, None, 1
-        for kind, node in self.typed:
-            if kind is PATH:
-                if node.endpoint is not None and segment:
-                    yield node, "/".join((segment, *rest)), 1 + len(rest)
-                continue
-            value = kind.convert(segment)
-            if value is not None and node.matches(rest):
-                yield node, value, 1
-
-    def matches(self, segments: Sequence[str]) -> bool:
-        """Whether some route below this node takes exactly ``segments``."""
-        if not segments:
-            return self.endpoint is not None
-        return next(self.step(segments[0], segments[1:]), None) is not None
-
     def match(self, segments: Sequence[str]) -> tuple[RouteNode[T], list[ParamValue]] | None:
-        """The node that ``segments`` lead to and the converted parameters, or ``None``."""
-        node: RouteNode[T] = self
+        """The node that ``segments`` lead to and the converted parameters, or ``None``.
+
+        Precedence: the static child first, then typed children in declaration
+        order, backtracking when a branch cannot take the rest of the path.
+        (Crow's trie differs: of all the routes that match, the earliest
+        declared wins, static or not.)
+        One depth-first search, recursing only at a choice with an alternative
+        left, so never deeper than the route tree, whatever the path's length
+        (``<path>`` takes the rest in one step).
+        """
         params: list[ParamValue] = []
-        index = 0
-        while index < len(segments):
-            found = next(node.step(segments[index], segments[index + 1 :]), None)
-            if found is None:
-                return None
-            node, value, width = found
-            if value is not None:
+        node = self._find(segments, 0, params)
+        return None if node is None else (node, params)
+
+    def _find(self, segments: Sequence[str], index: int, params: list[ParamValue]) -> RouteNode[T] | None:
+        # Iterative where there is no choice left (a node without typed
+        # children, the last typed child); recursive only to try a branch that
+        # has an alternative after it, which then truncates ``params`` back.
+        node = self
+        end = len(segments)
+        while index < end:
+            segment = segments[index]
+            static = node.static.get(segment)
+            typed = node.typed
+            if not typed:
+                if static is None:
+                    return None
+                node = static
+                index += 1
+                continue
+            mark = len(params)
+            if static is not None:
+                found = static._find(segments, index + 1, params)
+                if found is not None:
+                    return found
+                del params[mark:]
+            last = typed[-1][1]
+            for kind, child in typed:
+                if kind is PATH:
+                    # The rest of the path, slashes included; like Crow, anything but nothing.
+                    if child.endpoint is not None and (segment or index + 1 < end):
+                        params.append("/".join(segments[index:]))
+                        return child
+                    continue
+                value = kind.convert(segment)
+                if value is None:
+                    continue
                 params.append(value)
-            index += width
-        return (node, params) if node.endpoint is not None else None
+                if child is last:
+                    break
+                found = child._find(segments, index + 1, params)
+                if found is not None:
+                    return found
+                del params[mark:]
+            else:
+                return None
+            node = last
+            index += 1
+        return node if node.endpoint is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crowtwist import Crow
-from crowtwist.routing import PARAM_TYPES, RouteNode, parse_pattern
+from crowtwist.routing import PARAM_TYPES, RouteNode, parse_pattern, path_segments
 
 
 def tree(*patterns: str) -> RouteNode[str]:
@@ -135,3 +135,45 @@ def test_duplicate_rules_are_refused() -> None:
     # Another kind, or another method, on the same path is fine.
     app.route("/x/<int>")(lambda req, n: str(n))
     app.route("/s/<str>").methods("POST")(lambda req, s: s)
+
+
+def test_backtracking_leaves_no_params_behind() -> None:
+    """A branch that converted segments and then failed leaves nothing in the params of the branch that wins."""
+    root = tree("/<string>/<int>/<int>/x", "/<int>/<int>/<int>/y", "/<double>/z")
+    assert match(root, "/1/2/3/y") == ("/<int>/<int>/<int>/y", [1, 2, 3])
+    assert match(root, "/1/2/3/x") == ("/<string>/<int>/<int>/x", ["1", 2, 3])
+    assert match(root, "/1/z") == ("/<double>/z", [1.0])
+    assert match(root, "/1/2/3/z") is None
+
+
+def test_string_is_one_segment_even_unescaped() -> None:
+    """A <string> never holds a slash, as in Crow: an unescaped %2F does not make one."""
+    root = tree("/s/<string>", "/p/<path>")
+    assert root.match(["s", "a/b"]) is None
+    assert root.match(["p", "a/b"]) is not None
+
+
+def test_path_takes_anything_but_nothing() -> None:
+    """<path> takes the rest, empty segments included, as long as it is not empty (Crow's rule)."""
+    root = tree("/p/<path>")
+    assert match(root, "/p//x") == ("/p/<path>", ["/x"])
+    assert match(root, "/p//") == ("/p/<path>", ["/"])
+    assert match(root, "/p/x/") == ("/p/<path>", ["x/"])
+    assert match(root, "/p/") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "segments"),
+    [
+        (b"/", [""]),
+        (b"/a//b/", ["a", "", "b", ""]),
+        (b"/caf%C3%A9/a%2Fb", ["café", "a/b"]),
+        (b"/%FF", None),
+        (b"a", None),
+        (b"http://host/a", None),
+        (b"", None),
+    ],
+)
+def test_path_segments(path: bytes, segments: list[str] | None) -> None:
+    """Request paths split as twisted.web splits them, unquoted and UTF-8; no segments where no route can match."""
+    assert path_segments(path) == segments
