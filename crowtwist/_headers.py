@@ -23,6 +23,17 @@ def header_tokens(request: Request, name: bytes, lower: bool = True) -> list[str
     return split_tokens(request.requestHeaders.getRawHeaders(name, []), lower)
 
 
-def wants_upgrade(request: Request) -> bool:
-    """Whether the request asks to switch to WebSocket."""
+def wants_upgrade(request: Request, method: bytes | None = None, version: bytes | None = None) -> bool:
+    """Whether the request asks to switch to WebSocket.
+
+    Only an HTTP/1.1 ``GET`` can: a server must ignore ``Upgrade`` in an
+    HTTP/1.0 request (RFC 9110 section 7.8), and RFC 6455 upgrades only
+    ``GET``, so a route with HTTP handlers serves other methods itself.
+    ``method`` and ``version``: the request's, when twisted.web has not given
+    them to the request yet.
+    """
+    if (request.method if method is None else method) != b"GET":
+        return False
+    if (request.clientproto if version is None else version) != b"HTTP/1.1":
+        return False
     return "websocket" in header_tokens(request, b"upgrade")

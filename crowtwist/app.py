@@ -53,8 +53,10 @@ class Settings:
     """Bound on a whole incoming message after decompression; ``None`` lifts it."""
     compression: bool = True
     """Accept permessage-deflate when the client offers it."""
-    allow_null_origin: bool = True
-    """Accept ``Origin: null`` (sandboxed pages, files)."""
+    allow_null_origin: bool = False
+    """Where an origin list is in force, also accept ``Origin: null`` (as naming ``"null"`` in it does).
+
+    ``null`` comes from sandboxed frames and files on any site, so it is refused by default."""
     close_timeout: float = 5.0
     """Seconds to wait for the peer's close frame before dropping the connection."""
     keepalive_interval: float | None = 20.0
@@ -85,12 +87,14 @@ class Route:
         self.pattern = pattern
         self._segments = parse_pattern(pattern)
         self._methods: frozenset[str] = frozenset({"GET"})
+        self._methods_given = False
 
     def methods(self, *methods: str) -> Route:
         """The HTTP methods this route answers (default ``GET``; ``HEAD`` follows ``GET``)."""
         if not methods:
             raise ValueError(f"route {self.pattern!r}: methods() needs at least one method")
         self._methods = frozenset(m.upper() for m in methods)
+        self._methods_given = True
         return self
 
     def __call__(self, func: F) -> F:
@@ -109,6 +113,11 @@ class Route:
 
     def websocket(self) -> WebSocketRule:
         """Make this a WebSocket route (Crow's ``.websocket(&app)``) and return its rule."""
+        if self._methods_given:
+            raise ValueError(
+                f"route {self.pattern!r}: .methods() is for HTTP handlers; a WebSocket route answers"
+                " GET upgrades only (declare HTTP methods on a separate app.route(...) of the same path)"
+            )
         endpoint = self._app._endpoint(self._segments)
         if endpoint.websocket is not None:
             raise ValueError(f"route {self.pattern!r}: a WebSocket rule on this path already exists")
@@ -250,6 +259,19 @@ class Crow:
                 " set enforce_ws_spec=True or CROWTWIST_ENFORCE_WS_SPEC=1 to enforce RFC 6455"
             )
 
+    # Stopping: set by the service's stop (app.service(...), run's SIGTERM/Ctrl-C).
+    _stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the app's service is stopping: WebSocket upgrades, pending ones included, get 503."""
+        return self._stopping
+
+    def _begin_stopping(self) -> list[Deferred[None]]:
+        """Refuse upgrades from now on; those waiting for onaccept get 503 now.  Fires when they are gone."""
+        self._stopping = True
+        return [gone for rule in self._ws_rules for gone in rule.abandon_reservations()]
+
     def connections(self) -> Iterator[Any]:
         """Every open WebSocket connection of every rule."""
         for rule in self._ws_rules:
@@ -342,8 +364,15 @@ class _Closer(Service):
     def __init__(self, app: Crow) -> None:
         self._app = app
 
+    def startService(self) -> None:
+        Service.startService(self)
+        self._app._stopping = False
+
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        return self._app.close_all().addCallback(lambda _: self._app._reset_factories())
+        # No upgrade into a stopping server: new and pending ones get 503 from now on.
+        refused = self._app._begin_stopping()
+        closed = DeferredList([self._app.close_all(), *refused])
+        return closed.addCallback(lambda _: self._app._reset_factories())
 
 

@@ -5,26 +5,64 @@ its request a byte at a time (slowloris) never trips.  Here every request
 head has an absolute deadline from its first byte (or from the TCP accept,
 for the first request) to its last header, and a WebSocket upgrade until its
 101: past it the connection is aborted.
+
+Its channel also answers a head it will not read: a request line over the
+line limit gets 414, a header section over the size or count limits 431, any
+other malformed head 400, each with a short body, where twisted.web closes
+silently or with an empty 400.  The connection is then half-closed and what
+the client still sends is read and dropped for a moment, so that the answer
+is not lost to a TCP reset.  Its requests (``CrowRequest``) route an
+absolute-form target (``GET http://host/path HTTP/1.1``) by its path.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableDescriptor
 from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
-from ._headers import wants_upgrade
+from ._headers import header_tokens, wants_upgrade
 
-__all__ = ["CrowSite", "DeadlineChannel"]
+__all__ = ["CrowRequest", "CrowSite", "DeadlineChannel"]
 
 log = Logger(namespace="crowtwist")
+
+LINGER = 2.0
+"""Seconds a refused head's connection keeps reading (and dropping) what the client still sends."""
+
+# RFC 9112 section 3.2.2: scheme "://" authority, then path and query.
+_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://([^/?#]*)(.*)\Z", re.DOTALL)
+
+
+class CrowRequest(Request):
+    """A twisted.web ``Request`` that routes an absolute-form request target by its path.
+
+    RFC 9112 section 3.2.2: a server must accept ``GET http://host/path``
+    (what a client talking to a proxy sends) and use the target's authority
+    instead of ``Host``.  twisted.web would take the whole URI for the path.
+    A request with several ``Host`` headers keeps them, for the 400 it gets.
+    """
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        found = _ABSOLUTE_FORM.match(path)
+        if found is not None:
+            authority, rest = found.groups()
+            if not rest.startswith(b"/"):
+                rest = b"/" + rest
+            hosts = self.requestHeaders.getRawHeaders(b"host")
+            if hosts is not None and len(hosts) == 1:
+                self.requestHeaders.setRawHeaders(b"host", [authority.rpartition(b"@")[2]])
+            path = rest
+        Request.requestReceived(self, command, path, version)
 
 
 class DeadlineChannel(HTTPChannel):
@@ -33,6 +71,10 @@ class DeadlineChannel(HTTPChannel):
     handshake_timeout: float | None = None
     _deadline: IDelayedCall | None = None
     _upgraded = False
+    _refused = False
+    _linger: IDelayedCall | None = None
+    _lost: Deferred[None] | None = None
+    _gone = False
     wrote = False
     """Whether a response was written: until then the transport's buffer is empty."""
     fast_upgrade: Callable[[HTTPChannel, bytes], bool] | None = None
@@ -43,6 +85,8 @@ class DeadlineChannel(HTTPChannel):
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the client closes or the linger ends
         fast = self.fast_upgrade
         if fast is not None:
             self.fast_upgrade = None
@@ -54,8 +98,106 @@ class DeadlineChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         HTTPChannel.allHeadersReceived(self)
-        if self.requests and not wants_upgrade(self.requests[-1]):
+        if self.requests and not wants_upgrade(self.requests[-1], self._command, self._version):
             self._disarm()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # twisted.web splits Connection at spaces, so "Connection: close, Upgrade" kept the connection open.
+        persistent: bool = HTTPChannel.checkPersistence(self, request, version)
+        if persistent and "close" in header_tokens(request, b"connection"):
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return persistent
+
+    # Heads over the limits, or malformed: a short answer, not a silent close.
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # twisted.web's LineReceiver: a line longer than MAX_LENGTH (16 KiB), or that much without an end.
+        self._over_limit()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._over_limit()
+            return
+        HTTPChannel.lineReceived(self, line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self.refuse_head(431, "Request Header Fields Too Large", "too many header fields")
+            return False
+        ok: bool = HTTPChannel.headerReceived(self, line)
+        return ok
+
+    def _over_limit(self) -> None:
+        if getattr(self, "_HTTPChannel__first_line", 0):  # still reading the request line
+            self.refuse_head(414, "URI Too Long", "request line too long")
+        else:
+            self.refuse_head(431, "Request Header Fields Too Large", "header section too large")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to every malformed head: an empty 400 and a close.
+        self.refuse_head(400, "Bad Request", "malformed request")
+
+    def refuse_head(self, code: int, phrase: str, why: str) -> None:
+        """Answer ``code`` to a request head we will not read further, and close."""
+        if self._refused or self.transport is None:
+            return
+        self._refused = True
+        self._disarm()
+        channel: Any = self  # twisted.web's LineReceiver and TimeoutMixin are unannotated
+        channel.setTimeout(None)
+        body = f"{code} {phrase}: {why}\n".encode("ascii")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (code, phrase.encode("ascii"), len(body), body)
+        )
+        self.wrote = True
+        # The line parser must not go on with what follows in this read.
+        channel.setRawMode()
+        channel.clearLineBuffer()
+        self.close_soon()
+
+    def close_soon(self, linger: float = LINGER) -> None:
+        """Close once the answer is out, reading and dropping input meanwhile; abort after ``linger`` seconds.
+
+        Closing a socket with unread input resets the connection, and the
+        reset can overtake the answer.  So the sending side is shut first
+        (after the answer), and the connection ends when the client closes
+        its side, or at the latest after ``linger``.
+        """
+        transport: Any = self.transport
+        if transport is None:
+            return
+        self._refused = True
+        # Plain TCP; not TLS, whose wrapper would hand the call to the socket under it.
+        half_closeable = IHalfCloseableDescriptor.providedBy(transport)
+        if transport.disconnecting:
+            pass  # twisted.web is closing it already (a request that was not persistent)
+        elif half_closeable:
+            producer: Any = self._networkProducer
+            producer.unregisterProducer()
+            transport.loseWriteConnection()
+            transport.resumeProducing()  # twisted.web may have paused reading for the request
+        else:
+            channel: Any = self
+            channel.loseConnection()
+        if self._linger is None:
+            call_later: Any = self.callLater
+            self._linger = call_later(linger, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self._linger = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None and not self._gone:
+            abort()
+
+    def when_lost(self) -> Deferred[None]:
+        """A Deferred that fires when the connection is gone."""
+        if self._gone:
+            return succeed(None)
+        if self._lost is None:
+            self._lost = Deferred()
+        return self._lost
 
     def write(self, data: bytes) -> None:
         self.wrote = True
@@ -80,7 +222,14 @@ class DeadlineChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
+        self._gone = True
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.active():
+            linger.cancel()
         HTTPChannel.connectionLost(self, reason)
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            lost.callback(None)
 
     def _arm(self) -> None:
         if self.handshake_timeout:
@@ -115,6 +264,7 @@ class CrowSite(Site):
     """
 
     protocol = DeadlineChannel  # type: ignore[assignment]  # plain HTTP/1.1: no HTTP/2 to upgrade from
+    requestFactory = CrowRequest
     displayTracebacks = False
 
     def __init__(self, resource: IResource, handshake_timeout: float | None = 10.0, **kwargs: Any) -> None:

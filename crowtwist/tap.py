@@ -131,7 +131,8 @@ class Options(usage.Options):
 
     def opt_allowed_origin(self, pattern: str) -> None:
         """An origin allowed to open WebSockets (scheme://host[:port], '*' wildcards in the
-        host); repeatable; others get 403. [default: any]"""
+        host; 'null' for sandboxed pages and files, refused unless named); repeatable;
+        others get 403. [default: any]"""
         self["allowed-origin"].append(pattern)
 
     def opt_listen(self, description: str) -> None:

@@ -56,7 +56,13 @@ def test_defaults_are_documented_values() -> None:
         (["app.example"], "http://app.example", True),
         (["app.example:*"], "https://app.example:8443", True),
         (["https://app.example"], None, True),
-        (["https://app.example"], "null", True),
+        (["https://app.example"], "null", False),
+        (["https://app.example", "null"], "null", True),
+        (["NULL"], "https://app.example", False),
+        (["https://*.example"], "https://evil.test .example", False),
+        (["https://*.example"], "https://a.example, https://evil.test", False),
+        (["*"], "https://any.example:8443", True),
+        (["https://[::1]:*"], "https://[::1]:9000", True),
         (["https://app.example"], "https://app.example/path", False),
         (["https://app.example"], "garbage", False),
     ],
@@ -75,7 +81,6 @@ def test_origin_pattern_errors() -> None:
 def test_disallowed_origin_gets_403_before_onaccept() -> None:
     """A browser page from another origin gets 403, and onaccept never runs."""
     app = Crow().websocket_allowed_origins(["https://app.example"])
-    app.settings.allow_null_origin = False
     seen: list[str] = []
     app.route("/ws").websocket().onaccept(lambda req: seen.append("accept") or True)
     assert MemoryClient(app, "/ws", {"Origin": "https://evil.example"}).status == 403
@@ -178,13 +183,18 @@ def test_slowloris_is_cut_at_the_deadline(site_port: Any) -> Iterator[Any]:
 
 
 def test_oversized_request_head_is_refused() -> None:
-    """twisted.web's bounds hold: a 20 KB header line is cut off, 20 KB of headers get 400."""
+    """twisted.web's bounds hold on the app's site, with an answer: a 20 KB header line or 20 KB of
+    headers get 431, a 20 KB request line 414, each with a short body, and the connection closes."""
     app = Crow()
     app.route("/ws").websocket()
-    long_line = MemoryClient(app, raw=F.handshake("/ws", {"X-Big": "a" * 20000}))
-    assert long_line.status_line == "" and long_line.transport.disconnecting
-    many = MemoryClient(app, raw=F.handshake("/ws", {f"X-{i}": "a" * 100 for i in range(200)}))
-    assert many.status == 400 and many.transport.disconnecting
+    long_line = MemoryClient(app, raw=F.handshake("/ws", {"X-Big": "a" * 20000}), crow_site=True)
+    assert long_line.status == 431 and long_line.transport.disconnecting
+    assert long_line.body == b"431 Request Header Fields Too Large: header section too large\n"
+    many = MemoryClient(app, raw=F.handshake("/ws", {f"X-{i}": "a" * 100 for i in range(200)}), crow_site=True)
+    assert many.status == 431 and many.transport.disconnecting
+    uri = MemoryClient(app, raw=F.handshake("/ws?" + "q" * 20000), crow_site=True)
+    assert uri.status == 414 and uri.transport.disconnecting
+    assert uri.body == b"414 URI Too Long: request line too long\n"
 
 
 @pytest_twisted.inlineCallbacks
@@ -287,13 +297,17 @@ def test_one_large_message_is_not_a_slow_reader(site_port: Any) -> Iterator[Any]
     client.transport.loseConnection()
 
 
-def test_route_origins_follow_allow_null_origin() -> None:
-    """A route's own origin list honours the app's allow_null_origin too."""
+def test_null_origin_only_where_named() -> None:
+    """Origin: null passes an origin list only when the list names it (or allow_null_origin says so)."""
     app = Crow()
     app.route("/ws").websocket().allowed_origins(["https://app.example"])
-    assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 101
-    app.settings.allow_null_origin = False
+    app.route("/sandboxed").websocket().allowed_origins(["https://app.example", "null"])
+    app.route("/any").websocket()
     assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 403
+    assert MemoryClient(app, "/sandboxed", {"Origin": "null"}).status == 101
+    assert MemoryClient(app, "/any", {"Origin": "null"}).status == 101  # no list: anything goes
+    app.settings.allow_null_origin = True
+    assert MemoryClient(app, "/ws", {"Origin": "null"}).status == 101
 
 
 def test_backlog_while_the_transport_is_paused() -> None:

@@ -10,6 +10,8 @@ from .connection import Connection
 from .origin import OriginPolicy
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from ..app import Crow
     from .protocol import RuleFactory
 
@@ -170,11 +172,46 @@ class WebSocketRule:
         return self
 
     def over_capacity(self) -> bool:
-        """Whether a new connection would pass this route's or the app's cap."""
-        if self._max_connections is not None and len(self._open) >= self._max_connections:
+        """Whether a new connection would pass this route's or the app's cap.
+
+        Upgrades waiting for their ``onaccept`` hold a place (``reserve_slot``).
+        """
+        if self._max_connections is not None and len(self._open) + self._reserved() >= self._max_connections:
             return True
         cap = self.app.settings.max_connections
-        return cap is not None and sum(len(rule._open) for rule in self.app.websocket_rules) >= cap
+        return cap is not None and sum(len(rule._open) + rule._reserved() for rule in self.app.websocket_rules) >= cap
+
+    # Slot reservations: an upgrade between the cap check and its 101 (an
+    # onaccept still running) counts as a connection.
+
+    _slots: dict[Any, None] | None = None
+
+    def _reserved(self) -> int:
+        slots = self._slots
+        return 0 if slots is None else len(slots)
+
+    def reserve_slot(self, holder: Any) -> None:
+        """``holder`` (a pending upgrade, with an ``abandon()`` method) takes a place under the caps."""
+        if self._slots is None:
+            self._slots = {}
+        self._slots[holder] = None
+
+    def release_slot(self, holder: Any) -> None:
+        """``holder`` gives its place back (accepted, refused, failed or gone)."""
+        if self._slots is not None:
+            self._slots.pop(holder, None)
+
+    def abandon_reservations(self) -> list[Deferred[None]]:
+        """The app is stopping: every upgrade still waiting for ``onaccept`` is refused now.
+
+        Returns Deferreds that fire once those connections are gone.
+        """
+        waits: list[Deferred[None]] = []
+        for holder in list(self._slots or ()):
+            gone = holder.abandon()
+            if gone is not None:
+                waits.append(gone)
+        return waits
 
     def origin_policy(self) -> OriginPolicy | None:
         """The origins this route accepts: its own list, else the app's, else any (``None``)."""
@@ -182,6 +219,7 @@ class WebSocketRule:
         origins = self._origins if self._origins is not None else settings.allowed_origins
         if origins is None:
             return None
+        # "null" in the list, or the app's allow_null_origin, lets Origin: null through.
         key = (origins, settings.allow_null_origin)
         if self._policy is None or self._policy_key != key:
             self._policy = OriginPolicy(origins, settings.allow_null_origin)

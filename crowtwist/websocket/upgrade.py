@@ -34,14 +34,14 @@ from .._headers import split_tokens
 from ..http import Response
 from ..routing import ParamValue, RouteNode
 from ..site import DeadlineChannel
-from .extensions import extension_error
+from .extensions import acceptable_offers, extension_error
 from .protocol import CrowServerProtocol
 
 if TYPE_CHECKING:
     from ..resource import Endpoint
     from .rule import WebSocketRule
 
-__all__ = ["Refusal", "UpgradeHead", "fast_upgrade", "refusal", "take_over"]
+__all__ = ["OVER_CAPACITY", "SHUTTING_DOWN", "Refusal", "UpgradeHead", "fast_upgrade", "refusal", "take_over"]
 
 
 class UpgradeHead:
@@ -80,10 +80,11 @@ class UpgradeHead:
 
 
 def _valid_key(value: bytes | None) -> bool:
-    if value is None or len(value.strip()) != 24:
+    # twisted.web and the fast path strip the value's surrounding whitespace.
+    if value is None or len(value) != 24:
         return False
     try:
-        return len(base64.b64decode(value.strip(), validate=True)) == 16
+        return len(base64.b64decode(value, validate=True)) == 16
     except (binascii.Error, ValueError):
         return False
 
@@ -95,6 +96,10 @@ UPGRADE_REQUIRED = Response(
 )
 
 
+SHUTTING_DOWN = Response(503, "503 Service Unavailable: the server is stopping\n")
+OVER_CAPACITY = Response(503, "503 Service Unavailable: too many connections\n")
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why an upgrade is refused: the response, and what to log (nothing for malformed requests)."""
@@ -103,27 +108,52 @@ class Refusal:
     log: str | None = None
 
 
+# Headers a request may carry once at most (RFC 9112 section 3.2, RFC 6455
+# section 4.2.1, RFC 6454 section 7.3): with two, which one counts is a guess
+# that a proxy in front may have made differently.
+_SINGLETONS = ("Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Origin")
+# uri-host [":" port] (RFC 3986 section 3.2.2): a bracketed IP literal or a reg-name.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?\Z")
+
+_BAD_REQUEST = "400 Bad Request: invalid WebSocket handshake\n"
+
+
+def _bad_request(why: str) -> Refusal:
+    return Refusal(Response(400, f"400 Bad Request: {why}\n"))
+
+
 def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) -> Refusal | None:
     """Why ``head`` may not become a WebSocket of ``rule``, or ``None`` if it may (``onaccept`` aside).
 
     ``can_take_over``: the channel can give its transport away (HTTP/2's cannot).
+    The order of the checks decides which answer a request with several
+    faults gets; both ways in share it.
     """
     if head.method != b"GET":
         return Refusal(Response(405, "405 Method Not Allowed\n", {"Allow": "GET"}))
-    if "websocket" not in head.tokens(b"upgrade"):
+    # An HTTP/1.0 request's Upgrade must be ignored (RFC 9110 section 7.8): a plain GET.
+    if head.version != b"HTTP/1.1" or "websocket" not in head.tokens(b"upgrade"):
         return Refusal(UPGRADE_REQUIRED)
     if "upgrade" not in head.tokens(b"connection"):
         return Refusal(Response(400, "400 Bad Request: Connection: Upgrade missing\n"))
+    for name in _SINGLETONS:
+        if len(head.values(name.lower().encode("ascii"))) > 1:
+            return _bad_request(f"more than one {name} header")
+    host = head.header(b"host")
+    if host is None or _HOST.match(host) is None:
+        return _bad_request("Host header missing or invalid")
     if (head.header(b"sec-websocket-version") or b"").strip() != b"13":
         return Refusal(UPGRADE_REQUIRED)
-    if not _valid_key(head.header(b"sec-websocket-key")) or head.version != b"HTTP/1.1":
-        return Refusal(Response(400, "400 Bad Request: invalid WebSocket handshake\n"))
+    if not _valid_key(head.header(b"sec-websocket-key")):
+        return Refusal(Response(400, _BAD_REQUEST))
     extensions = head.extensions()
     problem = extension_error(extensions) if extensions else None
     if problem is not None:
-        return Refusal(Response(400, f"400 Bad Request: Sec-WebSocket-Extensions: {problem}\n"))
+        return _bad_request(f"Sec-WebSocket-Extensions: {problem}")
     if not can_take_over:
         return Refusal(UPGRADE_REQUIRED)
+    if rule.app.stopping:
+        return Refusal(SHUTTING_DOWN, "the server is stopping")
     origins = rule.origin_policy()
     if origins is not None:
         origin = head.header(b"origin")
@@ -132,9 +162,7 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
                 Response(403, "403 Forbidden: origin not allowed\n"), f"origin {origin!r} not allowed"
             )
     if rule.over_capacity():
-        return Refusal(
-            Response(503, "503 Service Unavailable: too many connections\n"), "connection cap reached"
-        )
+        return Refusal(OVER_CAPACITY, "connection cap reached")
     return None
 
 
@@ -173,10 +201,13 @@ def take_over(
     if producer is not None:
         producer.resumeProducing()
     offered = head.tokens(b"sec-websocket-protocol", lower=False)
+    extensions = head.extensions()
     protocol.accept_upgrade(
-        key=(head.header(b"sec-websocket-key") or b"").strip().decode("ascii"),
+        key=(head.header(b"sec-websocket-key") or b"").decode("ascii"),
         offered_protocols=offered,
-        extensions=head.extensions(),
+        # Only the offers we can take: autobahn would fail the handshake on the
+        # others, where RFC 7692 section 5 has them declined.
+        extensions=acceptable_offers(extensions) if extensions else "",
         subprotocol=rule.choose_subprotocol(offered),
         params=params,
         userdata=userdata,
