@@ -245,8 +245,6 @@ def build_factory(rule: WebSocketRule) -> RuleFactory:
         closeHandshakeTimeout=settings.close_timeout,
         autoPingInterval=settings.keepalive_interval or 0,
         autoPingTimeout=settings.keepalive_timeout or 0,
-        # setProtocolOptions resets this to False unless it is passed every time.
-        allowNullOrigin=settings.allow_null_origin,
     )
     factory.protocol = factory.protocol_class()
     return factory

@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Sequence
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.protocols.policies import ProtocolWrapper
@@ -32,7 +31,7 @@ from twisted.web.server import Request
 
 from .._headers import split_tokens
 from ..http import Response
-from ..routing import ParamValue, RouteNode
+from ..routing import ParamValue, RouteNode, path_segments
 from ..site import DeadlineChannel
 from .extensions import acceptable_offers, extension_error
 from .protocol import CrowServerProtocol
@@ -257,10 +256,9 @@ def _parse_head(data: bytes) -> tuple[UpgradeHead, bytes] | None:
 
 
 def _route(root: RouteNode[Endpoint], path: bytes) -> tuple[WebSocketRule, list[ParamValue]] | None:
-    # Segments as twisted.web's Site splits and unquotes them, decoded as RouteResource does.
-    try:
-        segments = [unquote_to_bytes(s).decode("utf-8") for s in path[1:].split(b"/")]
-    except UnicodeDecodeError:
+    # The same segments RouteResource matches.
+    segments = path_segments(path)
+    if segments is None:
         return None
     found = root.match(segments)
     if found is None:
