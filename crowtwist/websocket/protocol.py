@@ -273,8 +273,6 @@ class CrowServerProtocol(WebSocketServerProtocol):
     autoPingInterval: float
     tcpNoDelay: bool
     _plain = False
-    _no_delay_set = False
-    """Unused: TCP_NODELAY is read from the socket (kept for callers that still set it)."""
     _app_close = False
     _failed_close: tuple[int, str] | None = None
     """The code and message this connection was failed with on an invalid close frame."""

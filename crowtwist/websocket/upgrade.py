@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Sequence
 
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
@@ -184,8 +184,6 @@ def take_over(
     # The channel is done with: its idle timeout must not fire on a transport it gave away.
     channel.setTimeout(None)
     protocol = rule.factory.build(transport.getPeer())
-    # twisted.web's channel turns Nagle off on TCP, as autobahn would.
-    protocol._no_delay_set = isinstance(channel, HTTPChannel) and ITCPTransport.providedBy(transport)
     # The HTTP channel registered itself as the transport's producer and
     # would keep itself (and its request) alive through it.
     transport.unregisterProducer()
