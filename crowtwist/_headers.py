@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from twisted.web.server import Request
 
-__all__ = ["header_tokens", "split_tokens", "wants_upgrade"]
+__all__ = ["header_tokens", "split_tokens", "valid_host", "wants_upgrade"]
+
+# RFC 9110 section 7.2: uri-host [ ":" port ], the host an IP literal or a reg-name.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?\Z")
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether ``value`` is a well-formed ``Host`` header value."""
+    return _HOST.match(value) is not None
 
 
 def split_tokens(values: Iterable[bytes], lower: bool = True) -> list[str]:

@@ -29,7 +29,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
-from .._headers import split_tokens
+from .._headers import split_tokens, valid_host
 from ..http import Response
 from ..routing import ParamValue, RouteNode, path_segments
 from ..site import DeadlineChannel
@@ -112,7 +112,6 @@ class Refusal:
 # that a proxy in front may have made differently.
 _SINGLETONS = ("Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Origin")
 # uri-host [":" port] (RFC 3986 section 3.2.2): a bracketed IP literal or a reg-name.
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?\Z")
 
 _BAD_REQUEST = "400 Bad Request: invalid WebSocket handshake\n"
 
@@ -139,7 +138,7 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
         if len(head.values(name.lower().encode("ascii"))) > 1:
             return _bad_request(f"more than one {name} header")
     host = head.header(b"host")
-    if host is None or _HOST.match(host) is None:
+    if host is None or not valid_host(host):
         return _bad_request("Host header missing or invalid")
     if (head.header(b"sec-websocket-version") or b"").strip() != b"13":
         return Refusal(UPGRADE_REQUIRED)
