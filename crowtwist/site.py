@@ -71,6 +71,8 @@ class DeadlineChannel(HTTPChannel):
     handshake_timeout: float | None = None
     _deadline: IDelayedCall | None = None
     _upgraded = False
+    _head_done = False
+    """The current request's head is complete: its body (however slow) is not under the deadline."""
     _refused = False
     _linger: IDelayedCall | None = None
     _lost: Deferred[None] | None = None
@@ -92,13 +94,15 @@ class DeadlineChannel(HTTPChannel):
             self.fast_upgrade = None
             if fast(self, data):
                 return
-        if self._deadline is None and not self._handlingRequest and not self._upgraded:
+        if self._deadline is None and not (self._head_done or self._handlingRequest or self._upgraded):
             self._arm()  # the first byte of the next request on a kept-alive connection
         HTTPChannel.dataReceived(self, data)
 
     def allHeadersReceived(self) -> None:
         HTTPChannel.allHeadersReceived(self)
+        # twisted.web (private): the request line's method and version, not yet on the request.
         if self.requests and not wants_upgrade(self.requests[-1], self._command, self._version):
+            self._head_done = True
             self._disarm()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
@@ -217,6 +221,7 @@ class DeadlineChannel(HTTPChannel):
         self._disarm()
 
     def requestDone(self, request: Any) -> None:
+        self._head_done = False
         self._disarm()
         HTTPChannel.requestDone(self, request)
 

@@ -444,3 +444,69 @@ def test_upgraded_sockets_have_nagle_off(serve: Any) -> Iterator[Any]:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         client.sendClose(1000)
         yield within(client.closed_with)
+
+
+# What the outside probes found beyond the issue's list.
+
+
+@pytest.mark.parametrize("body_header", ["Content-Length: 5", "Transfer-Encoding: chunked"])
+@pytest_twisted.inlineCallbacks
+def test_upgrade_with_a_body_is_refused(serve: Any, body_header: str) -> Iterator[Any]:
+    """An upgrade request with a body gets 400 (its first frame would otherwise be lost behind the body)."""
+    app = Crow()
+    rec = Recorder(app)
+    rec.rule.onaccept(lambda request: True)  # twisted.web's path either way
+    port = serve(app)
+    raw = yield connect_raw(port)
+    name, _, value = body_header.partition(": ")
+    body = b"hello" if name == "Content-Length" else b"5\r\nhello\r\n0\r\n\r\n"
+    raw.transport.write(F.handshake("/ws", {name: value}) + body + F.encode(F.TEXT, b"one"))
+    head = yield raw.wait_for(lambda: raw.head)
+    assert head.startswith(b"HTTP/1.1 400") and not rec.named("open")
+    raw.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_upload_is_not_under_the_head_deadline() -> Iterator[Any]:
+    """A POST whose body trickles in for longer than the handshake deadline is still answered."""
+    app = Crow().websocket_limits(handshake_timeout=0.3)
+    app.route("/post").methods("POST")(lambda request: str(len(request.content.read())))
+    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        raw = yield connect_raw(port.getHost().port)
+        raw.transport.write(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        for _ in range(8):
+            yield later(0.1)  # 0.8 s of body, well past the 0.3 s deadline
+            raw.transport.write(b"x")
+        head = yield raw.wait_for(lambda: raw.head)
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 1\r\n" in head
+        raw.transport.loseConnection()
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_subprotocol_choice_is_deterministic(serve: Any) -> Iterator[Any]:
+    """From a set (no order), the client's first choice among ours wins; from a list, our first."""
+    app = Crow()
+    app.route("/set").websocket().subprotocols({"chat", "superchat", "v1.json"})
+    app.route("/list").websocket().subprotocols(["v1.json", "chat"])
+    port = serve(app)
+
+    def client(path: str, offer: list[str]) -> str | None:
+        with ws_connect(f"ws://127.0.0.1:{port}{path}", subprotocols=offer, open_timeout=5) as ws:  # type: ignore[arg-type]
+            return ws.subprotocol
+
+    for offer, on_set, on_list in (
+        (["superchat", "chat", "v1.json"], "superchat", "v1.json"),
+        (["v1.json", "superchat"], "v1.json", "v1.json"),
+        (["chat", "v1.json"], "chat", "v1.json"),
+    ):
+        assert (yield within(deferToThread(client, "/set", offer))) == on_set
+        assert (yield within(deferToThread(client, "/list", offer))) == on_list
+
+
+def test_origin_with_a_trailing_dot_is_refused_at_declaration() -> None:
+    """An allow-list entry that no browser would ever send is an error when declared, not a silent 403."""
+    with pytest.raises(ValueError, match="dot"):
+        Crow().route("/ws").websocket().allowed_origins(["https://trail.example."])

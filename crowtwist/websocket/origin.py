@@ -53,6 +53,8 @@ def _pattern(text: str) -> re.Pattern[str]:
     else:
         host, colon, port = rest.partition(":")
         port = colon + port
+    if host.endswith("."):
+        raise ValueError(f"allowed origin {text!r} ends its host with a dot; browsers send the host without it")
     if not host or _HOST_PATTERN.fullmatch(host) is None or (port and _PORT_PATTERN.fullmatch(port) is None):
         raise ValueError(f"allowed origin {text!r} is not scheme://host[:port]")
     host_re = f"{_LABEL}(?:\\.{_LABEL})*".join(re.escape(part) for part in host.split("*"))

@@ -63,6 +63,7 @@ class WebSocketRule:
         self._max_payload: int | None = _UNSET
         self._compression: bool | None = None
         self.offered_subprotocols: tuple[str, ...] = ()
+        self._client_order = False
         self._max_connections: int | None = None
         self._max_queue: int | None = _UNSET
         self._max_queue_bytes: int | None = _UNSET
@@ -115,12 +116,20 @@ class WebSocketRule:
         return self
 
     def subprotocols(self, protocols: Iterable[str]) -> WebSocketRule:
-        """Protocols this route speaks, preferred first (Crow's ``subprotocols``)."""
+        """Protocols this route speaks (Crow's ``subprotocols``).
+
+        Given in order (a list or tuple, as Crow's ``std::vector``), the first
+        of them that the client offered is chosen.  Given as a set, which has
+        no order, the client's first choice among them is, so two processes
+        of one app always agree.
+        """
+        unordered = isinstance(protocols, (set, frozenset))
         protocols = tuple(protocols)
         for protocol in protocols:
             if not isinstance(protocol, str) or not protocol or any(c in protocol for c in " ,\t"):
                 raise ValueError(f"route {self.pattern!r}: invalid subprotocol {protocol!r}")
-        self.offered_subprotocols = protocols
+        self._client_order = unordered
+        self.offered_subprotocols = tuple(sorted(protocols)) if unordered else protocols
         return self
 
     def compression(self, enabled: bool) -> WebSocketRule:
@@ -241,12 +250,12 @@ class WebSocketRule:
         return self._compression
 
     def choose_subprotocol(self, offered: Iterable[str]) -> str | None:
-        """The first of this route's protocols that the client offered (Crow's rule)."""
-        offered = set(offered)
-        for protocol in self.offered_subprotocols:
-            if protocol in offered:
-                return protocol
-        return None
+        """The protocol to answer with: see ``subprotocols``."""
+        ours = self.offered_subprotocols
+        if self._client_order:
+            return next((protocol for protocol in offered if protocol in ours), None)
+        theirs = set(offered)
+        return next((protocol for protocol in ours if protocol in theirs), None)
 
     # Used by the protocol.
 

@@ -144,6 +144,11 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
         return Refusal(UPGRADE_REQUIRED)
     if not _valid_key(head.header(b"sec-websocket-key")):
         return Refusal(Response(400, _BAD_REQUEST))
+    # RFC 9110 section 7.8: the new protocol starts after the whole request,
+    # so a body would stand between the head and the first frame (websockets
+    # refuses such upgrades too).
+    if head.values(b"transfer-encoding") or any(v.strip() != b"0" for v in head.values(b"content-length")):
+        return _bad_request("a WebSocket upgrade request may not have a body")
     extensions = head.extensions()
     problem = extension_error(extensions) if extensions else None
     if problem is not None:
