@@ -6,6 +6,7 @@ flow control counts every byte not yet on the wire, and timers are never early."
 from __future__ import annotations
 
 import socket
+import zlib
 import time
 from typing import Any
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed
@@ -22,7 +25,7 @@ from websockets.sync.client import connect as ws_connect
 from crowtwist import Connection, Crow
 
 from . import frames as F
-from .clients import connect_autobahn, connect_raw, listen, within
+from .clients import RawClient, connect_autobahn, connect_raw, within
 from .test_end_to_end import serve, wait_until  # noqa: F401  (a fixture)
 
 
@@ -510,3 +513,147 @@ def test_origin_with_a_trailing_dot_is_refused_at_declaration() -> None:
     """An allow-list entry that no browser would ever send is an error when declared, not a silent 403."""
     with pytest.raises(ValueError, match="dot"):
         Crow().route("/ws").websocket().allowed_origins(["https://trail.example."])
+
+
+REJECTED_CLOSES = {
+    "fragmented": dict(opcode=F.CLOSE, payload=F.close_payload(4000, "frag"), fin=False),
+    "rsv2": dict(opcode=F.CLOSE, payload=F.close_payload(4000, "rsv"), rsv=2),
+    "126 bytes": dict(opcode=F.CLOSE, payload=F.close_payload(3000, "r" * 124)),
+    "unmasked, enforced": dict(opcode=F.CLOSE, payload=F.close_payload(1000), mask=False),
+}
+
+
+@pytest.mark.parametrize("kind", list(REJECTED_CLOSES))
+@pytest_twisted.inlineCallbacks
+def test_rejected_close_frame_is_not_the_close(serve: Any, kind: str) -> Iterator[Any]:
+    """A close frame the server rejects (fragmented, RSV bits, over 125 bytes, unmasked under
+    enforcement) gets 1002, and onclose reports 1002, not the rejected frame's code."""
+    app = Crow(enforce_ws_spec=kind == "unmasked, enforced")
+    rec = Recorder(app)
+    rec.rule.onmessage(lambda conn, data, is_binary: None)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    spec = dict(REJECTED_CLOSES[kind])
+    raw.transport.write(F.encode(spec.pop("opcode"), spec.pop("payload"), **spec))
+    frames = yield raw.next_frames(1)
+    assert frames[0].close_code == 1002
+    raw.transport.write(F.encode(F.CLOSE, F.close_payload(1002)))
+    yield wait_until(lambda: bool(rec.named("close")))
+    assert rec.named("close")[0][1] == 1002 and rec.named("error")
+
+
+@pytest_twisted.inlineCallbacks
+def test_after_failing_the_peers_next_close_is_not_its_code(serve: Any) -> Iterator[Any]:
+    """A bad frame then a close(4010) in one write: onerror runs at once (queued messages are
+    dropped) and onclose reports the 1002 the server failed the connection with."""
+    app = Crow()
+    rec = Recorder(app)
+    rec.rule.onmessage(rec.hang)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    raw.transport.write(
+        F.encode(F.TEXT, b"hang") + F.encode(F.TEXT, b"queued") + F.encode(F.TEXT, b"bad", rsv=2)
+        + F.encode(F.CLOSE, F.close_payload(4010, "late"))
+    )
+    yield wait_until(lambda: bool(rec.named("close")))
+    assert [e[0] for e in rec.log] == ["open", "message", "error", "close"]
+    assert rec.named("close")[0][1] == 1002
+
+
+def _deflated(size: int) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    data = compressor.compress(b"\0" * size) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+@pytest_twisted.inlineCallbacks
+def test_compressed_flood_stays_within_the_queue_bound(serve: Any) -> Iterator[Any]:
+    """40 compressed messages of 1 MiB each in one write, behind a hung handler: parsing stops
+    when the queue is full, so what is held stays near max_queue_bytes, not 40 MiB."""
+    app = Crow().websocket_limits(keepalive_interval=None)
+    rec = Recorder(app)
+    rec.rule.max_queue(None, 1024 * 1024).onmessage(rec.hang)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    head = yield raw.handshake("/ws", {"Sec-WebSocket-Extensions": "permessage-deflate; client_no_context_takeover"})
+    assert b"permessage-deflate" in head
+    message = F.encode(F.BINARY, _deflated(1024 * 1024), rsv=4)
+    raw.transport.write(message * 41)
+    yield wait_until(lambda: len(rec.named("message")) == 1)
+    (conn,) = rec.rule.connections
+    queue = conn._protocol._events
+    yield wait_until(lambda: queue.paused)
+    yield later(0.2)
+    # The bound, plus the message that reached it.
+    assert queue.queued_bytes <= 2 * 1024 * 1024 and len(queue) <= 2
+    rec.pending[0].callback(None)  # the handler finishes: the rest is parsed, a queue's worth at a time
+    yield wait_until(lambda: len(rec.named("message")) == 2)
+    raw.transport.abortConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_late_pong_does_not_cut_the_close_handshake_short(serve: Any) -> Iterator[Any]:
+    """After a keepalive timeout's 1011, a late pong restarts no timer: the peer's close answer,
+    within the close timeout, completes the handshake and onclose gets its code."""
+    app = Crow().websocket_limits(keepalive_interval=0.2, keepalive_timeout=0.2, close_timeout=5)
+    rec = Recorder(app)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    (ping,) = yield raw.next_frames(1)
+    assert ping.opcode == F.PING
+    frames = yield raw.wait_for(lambda: [f for f in raw.frames if f.opcode == F.CLOSE] or None)
+    assert frames[0].close_code == 1011
+    raw.transport.write(F.encode(F.PONG, ping.payload))  # too late
+    yield later(1.0)  # longer than interval + timeout: no second ping, no drop
+    raw.transport.write(F.encode(F.CLOSE, F.close_payload(4444, "slow but here")))
+    yield wait_until(lambda: bool(rec.named("close")))
+    assert rec.named("close")[0][1:] == (4444, "slow but here")
+
+
+class ThrottledReader(RawClient):
+    """Reads at most one chunk per 20 ms and answers each ping as soon as it has parsed it."""
+
+    def dataReceived(self, data: bytes) -> None:
+        before = len(self.frames)
+        super().dataReceived(data)
+        for frame in self.frames[before:]:
+            if frame.opcode == F.PING:
+                self.transport.write(F.encode(F.PONG, frame.payload))  # type: ignore[union-attr]
+        self.frames = [f for f in self.frames if f.opcode != F.PING]
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        reactor.callLater(0.02, self._resume)  # type: ignore[attr-defined]
+
+    def _resume(self) -> None:
+        if self.transport is not None and self.transport.connected:  # type: ignore[attr-defined]
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+
+@pytest_twisted.inlineCallbacks
+def test_keepalive_spares_a_steady_reader_behind_a_backlog(serve: Any) -> Iterator[Any]:
+    """A reader slower than the app's stream, answering every ping it gets, is not closed by
+    keepalive: pings go ahead of the backlog, and the pong timeout waits for our data to get out."""
+    app = Crow().websocket_limits(keepalive_interval=0.2, keepalive_timeout=0.2)
+    rec = Recorder(app)
+    chunk = b"s" * (100 * 1024)
+
+    async def stream(conn: Connection) -> None:
+        for _ in range(60):
+            await conn.drained()
+            if not conn.is_open:
+                return
+            conn.send_binary(chunk)
+        conn.close("done", 1000)
+
+    rec.rule.onopen(stream)
+    port = serve(app)
+    endpoint_factory = Factory.forProtocol(ThrottledReader)
+    raw = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(endpoint_factory))
+    yield raw.handshake("/ws")
+    close = yield raw.wait_for(lambda: [f for f in raw.frames if f.opcode == F.CLOSE] or None)
+    assert close[0].close_code == 1000, close[0].close_reason
+    assert sum(len(f.payload) for f in raw.frames if f.opcode == F.BINARY) == 60 * len(chunk)
+    raw.transport.loseConnection()

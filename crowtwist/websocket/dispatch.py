@@ -49,7 +49,7 @@ class EventQueue:
     """Serialises handler calls for one connection; pauses reading only while its queue is full."""
 
     __slots__ = (
-        "_queue", "_running", "_waiting", "_paused", "_failed", "_closed", "_pending",
+        "_queue", "_running", "_waiting", "paused", "_failed", "_closed", "_pending",
         "_pause", "_resume", "_on_failure", "_count", "_bytes", "max_messages", "max_bytes",
     )
 
@@ -65,7 +65,8 @@ class EventQueue:
         self._queue: deque[_Event] | None = None
         self._running = False
         self._waiting = False
-        self._paused = False
+        self.paused = False
+        """Whether reading is paused because the queue is full (read it; do not set it)."""
         self._failed = False
         self._closed = False
         self._pending: Deferred[Any] | None = None
@@ -84,11 +85,6 @@ class EventQueue:
     def busy(self) -> bool:
         """Whether a handler's result is still pending."""
         return self._waiting
-
-    @property
-    def paused(self) -> bool:
-        """Whether reading is paused because the queue is full."""
-        return self._paused
 
     @property
     def has_failed(self) -> bool:
@@ -130,8 +126,8 @@ class EventQueue:
             if not essential:
                 self._count += 1
                 self._bytes += size
-                if not self._paused and self._full():
-                    self._paused = True
+                if not self.paused and self._full():
+                    self.paused = True
                     self._pause()
             return
         # The common case, inline: nothing ahead of this event.
@@ -150,6 +146,10 @@ class EventQueue:
         self._waiting_room().appendleft((handler, args, True, 0))
         if not (self._running or self._waiting):
             self._drain()
+
+    def drop_messages(self) -> None:
+        """Drop the messages not yet handled (the connection failed); essential events still run."""
+        self._drop_inessential()
 
     def close(self) -> None:
         """The connection is gone: cancel the pending handler and drop the waiting messages.
@@ -187,14 +187,14 @@ class EventQueue:
                 if not essential:
                     self._count -= 1
                     self._bytes -= size
-                    if self._paused and self._low():
+                    if self.paused and self._low():
                         self._resume_reading()
                 self._run(handler, args)
         finally:
             self._running = False
 
     def _resume_reading(self) -> None:
-        self._paused = False
+        self.paused = False
         if not self._closed:
             self._resume()
 
@@ -236,6 +236,6 @@ class EventQueue:
             self._queue = deque(e for e in self._queue if e[2])
         self._count = 0
         self._bytes = 0
-        if self._paused:
+        if self.paused:
             # Nothing waits now: read on, so the peer's close is heard.
             self._resume_reading()

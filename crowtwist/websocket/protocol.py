@@ -55,6 +55,7 @@ log = Logger(namespace="crowtwist")
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 _STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 _STATE_CLOSING = WebSocketServerProtocol.STATE_CLOSING
+_STATE_CLOSED = WebSocketServerProtocol.STATE_CLOSED
 
 # What autobahn's _connectionMade starts every connection with; here they are
 # class attributes, so a connection's own dict holds only what changes.
@@ -271,9 +272,11 @@ class CrowServerProtocol(WebSocketServerProtocol):
     requireMaskedClientFrames: bool
     autoFragmentSize: int
     autoPingInterval: float
+    autoPingTimeout: float
     tcpNoDelay: bool
     _plain = False
     _app_close = False
+    _consuming = False
     _failed_close: tuple[int, str] | None = None
     """The code and message this connection was failed with on an invalid close frame."""
     _error_reported = False
@@ -498,11 +501,17 @@ class CrowServerProtocol(WebSocketServerProtocol):
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
     ) -> None:
         # autobahn fails a connection (protocol error, bad UTF-8, too big, ...)
-        # by sending a close frame of its own; that is when onerror is due.
-        if not (isReply or self._app_close) and self.state == _STATE_OPEN:
+        # by sending a close frame of its own; that is when onerror is due, at
+        # once: the messages still queued are for nobody now (RFC 6455 7.1.7).
+        was_open = self.state == _STATE_OPEN
+        if not (isReply or self._app_close) and was_open:
             reason = (reasonUtf8 or b"").decode("utf-8", "replace")
-            self._report_error(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"))
+            self._events.drop_messages()
+            self._report_error(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"), first=True)
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+        if was_open:
+            # Keepalive is over: the close timeout bounds the rest.
+            self._suspend_keepalive()
 
     # Close frames: both receive paths end here (the fast path with a whole
     # frame, autobahn's through processControlFrame).
@@ -581,8 +590,27 @@ class CrowServerProtocol(WebSocketServerProtocol):
         if self.state != _STATE_OPEN:
             WebSocketServerProtocol.onAutoPingTimeout(self)
             return
+        if self._backlog or self._paused_out:
+            # Our own outgoing data is not all out, and the ping may be behind
+            # some of it: the peer is judged once it had the chance to answer.
+            self.autoPingTimeoutCall = self.factory._batched_timer.call_later(
+                self.autoPingTimeout, self.onAutoPingTimeout
+            )
+            return
         self.autoPingTimeoutCall = None
         self.sendCloseFrame(code=_INTERNAL_ERROR, reasonUtf8=b"keepalive ping timeout", isReply=False)
+
+    def sendPing(self, payload: bytes | None = None) -> None:
+        backlog = self._backlog
+        if backlog and self.state == _STATE_OPEN and not self.__dict__.get("send_queue"):
+            # Frames waiting for a slow reader: the ping goes ahead of them (a
+            # control frame may come between any two frames), so a peer that
+            # reads steadily gets it, and answers, without draining them first.
+            ping = bytes((0x89, len(payload or b""))) + (payload or b"")
+            backlog.appendleft(ping)
+            self._backlog_size += len(ping)
+            return
+        super().sendPing(payload)
 
     def send_buffer_exceeded(self, queued: int) -> None:
         """The peer left more than ``max_send_buffer`` bytes unread: apply the policy."""
@@ -613,6 +641,11 @@ class CrowServerProtocol(WebSocketServerProtocol):
         conn._detach()
         if self._failed_close is not None:
             code, reason = self._failed_close
+        elif self.failedByMe and self.localCloseCode is not None:
+            # We failed the connection (RFC 6455 7.1.7): that is its close,
+            # whatever the peer answered, or whether it did.
+            sent = self.localCloseReason
+            code, reason = self.localCloseCode, sent.decode("utf-8", "replace") if sent else ""
         elif wasClean:
             code = 1005 if code is None else code
             reason = reason or ""
@@ -766,7 +799,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
         handler = self._rule.message_handler
         limit = self.maxMessagePayloadSize
         lenient = not self.requireMaskedClientFrames
-        push = self._events.push_message
+        events = self._events
+        push = events.push_message
         conn = self.conn
         while offset < size:
             first = data[offset]
@@ -821,8 +855,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
             offset = end
             if handler is not None:
                 push(handler, length, conn, message, first == 0x82)
-            if self.state != _STATE_OPEN:
-                break
+            if self.state != _STATE_OPEN or events.paused:
+                break  # closing, or the queue is full: autobahn's buffer keeps the rest
         if offset > start_offset:
             self.trafficStats.incomingOctetsWireLevel += offset - start_offset
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
@@ -840,7 +874,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def send_control(self, payload: bytes, ping: bool) -> None:
         """Send a ping or a pong."""
         if ping:
-            WebSocketServerProtocol.sendPing(self, payload or None)
+            self.sendPing(payload or None)
         else:
             WebSocketServerProtocol.sendPong(self, payload or None)
 
@@ -996,11 +1030,29 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def _resume_reading(self) -> None:
         if self.transport is not None:
             cast(IPushProducer, self.transport).resumeProducing()
+        if self.data and not self._consuming:
+            self.consumeData()  # what a read held beyond the queue's bound
         if self.autoPingInterval and self.state == _STATE_OPEN and self.autoPingPendingCall is None:
             # autobahn (private): the next automatic ping, as it schedules it.
             self.autoPingPendingCall = self.factory._batched_timer.call_later(
                 self.autoPingInterval, self._sendAutoPing
             )
+
+    def consumeData(self) -> None:
+        # autobahn (public, undocumented): parses the frames in self.data, one
+        # per processData() call.  Parsing stops while the incoming queue is
+        # full, so one read of compressed frames cannot inflate into more than
+        # the queue's bound; the rest waits in self.data until it has room.
+        if self.state == _STATE_OPEN or self.state == _STATE_CLOSING:
+            events = self._events
+            self._consuming = True
+            try:
+                while not events.paused and self.processData() and self.state != _STATE_CLOSED:
+                    pass
+            finally:
+                self._consuming = False
+        else:
+            super().consumeData()
 
     def _suspend_keepalive(self) -> None:
         # autobahn (private): autoPingPendingCall sends the next ping,
