@@ -7,6 +7,7 @@ from typing import Any
 from collections.abc import Iterator
 
 import pytest
+from twisted.internet.address import IPv4Address
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -43,6 +44,26 @@ def test_defaults_are_documented_values() -> None:
     assert (s.websocket_max_payload, s.keepalive_interval, s.keepalive_timeout) == (16 << 20, 20.0, 20.0)
     assert (s.handshake_timeout, s.close_timeout, s.max_send_buffer) == (10.0, 5.0, 4 << 20)
     assert (s.send_buffer_policy, s.max_connections, s.allowed_origins) == ("close", None, None)
+    assert (s.max_queue, s.max_queue_bytes) == (16, 1 << 20)
+
+
+def test_max_queue_on_app_route_and_command_line() -> None:
+    """max_queue is set on the app, overridden per route, and by twistd crow; 'none' lifts it."""
+    app = Crow().websocket_limits(max_queue=4, max_queue_bytes=4096)
+    own = app.route("/own").websocket().max_queue(2, None)
+    inherited = app.route("/inherited").websocket()
+    assert (own.effective_max_queue, own.effective_max_queue_bytes) == (2, None)
+    assert (inherited.effective_max_queue, inherited.effective_max_queue_bytes) == (4, 4096)
+    options = Options()
+    options.parseOptions(["--routes", "x", "--max-queue", "none", "--max-queue-bytes", "65536"])
+    configure(app, options)
+    assert (inherited.effective_max_queue, inherited.effective_max_queue_bytes) == (None, 65536)
+    protocol = inherited.factory.build(IPv4Address("TCP", "127.0.0.1", 1))
+    assert (protocol._events.max_messages, protocol._events.max_bytes) == (None, 65536)
+    with pytest.raises(ValueError, match="max_queue"):
+        own.max_queue(0)
+    with pytest.raises(ValueError, match="max_queue"):
+        app.websocket_limits(max_queue=-1)
 
 
 @pytest.mark.parametrize(
