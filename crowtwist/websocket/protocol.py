@@ -1058,12 +1058,16 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # autobahn (private): autoPingPendingCall sends the next ping,
         # autoPingTimeoutCall fails the connection when its pong is late, and
         # autoPingPending is the ping awaited (a pong for it is then ignored).
-        for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
-            call = getattr(self, name)
-            if call is not None:
-                call.cancel()
-                setattr(self, name, None)
-        self.autoPingPending = None
+        call = self.autoPingPendingCall
+        if call is not None:
+            call.cancel()
+            self.autoPingPendingCall = None
+        call = self.autoPingTimeoutCall
+        if call is not None:
+            call.cancel()
+            self.autoPingTimeoutCall = None
+        if self.autoPingPending is not None:
+            self.autoPingPending = None
 
 
 for _name, _value in _INITIAL_STATE.items():

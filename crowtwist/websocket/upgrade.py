@@ -110,8 +110,7 @@ class Refusal:
 # Headers a request may carry once at most (RFC 9112 section 3.2, RFC 6455
 # section 4.2.1, RFC 6454 section 7.3): with two, which one counts is a guess
 # that a proxy in front may have made differently.
-_SINGLETONS = ("Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Origin")
-# uri-host [":" port] (RFC 3986 section 3.2.2): a bracketed IP literal or a reg-name.
+_SINGLETONS = tuple((name, name.lower().encode("ascii")) for name in ("Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Origin"))
 
 _BAD_REQUEST = "400 Bad Request: invalid WebSocket handshake\n"
 
@@ -134,8 +133,8 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
         return Refusal(UPGRADE_REQUIRED)
     if "upgrade" not in head.tokens(b"connection"):
         return Refusal(Response(400, "400 Bad Request: Connection: Upgrade missing\n"))
-    for name in _SINGLETONS:
-        if len(head.values(name.lower().encode("ascii"))) > 1:
+    for name, key in _SINGLETONS:
+        if len(head.values(key)) > 1:
             return _bad_request(f"more than one {name} header")
     host = head.header(b"host")
     if host is None or not valid_host(host):
