@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.internet.defer import CancelledError
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._handlers import Handler, as_deferred
@@ -127,6 +128,9 @@ def render_http(rules: Mapping[str, HttpRule], request: Request, params: Sequenc
     pending = as_deferred(result)
     if pending is None:
         return _respond(result, request, rule, finish=False)
+    # A client that leaves while the handler is pending (a long poll, say)
+    # cancels it (Deferred.cancel(); a coroutine gets CancelledError), as Klein does.
+    request.notifyFinish().addErrback(lambda _: pending.cancel())
     pending.addCallbacks(
         _respond,
         _failed,
@@ -139,6 +143,8 @@ def render_http(rules: Mapping[str, HttpRule], request: Request, params: Sequenc
 
 
 def _respond(result: object, request: Request, rule: HttpRule, *, finish: bool) -> bytes | int:
+    if finish and request.channel is None:
+        return NOT_DONE_YET  # the client has gone: nobody to answer
     try:
         response = as_response(result)
     except TypeError:
@@ -147,6 +153,10 @@ def _respond(result: object, request: Request, rule: HttpRule, *, finish: bool) 
 
 
 def _failed(failure: Failure, request: Request, rule: HttpRule, *, finish: bool) -> bytes | int:
+    if finish and request.channel is None:
+        if not failure.check(CancelledError):
+            log.failure("handler of route {route} failed after its client left", failure, route=rule.pattern)
+        return NOT_DONE_YET
     log.failure("handler of route {route} failed", failure, route=rule.pattern)
     return write_response(request, _SERVER_ERROR, finish=finish)
 

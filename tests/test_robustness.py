@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
@@ -657,3 +657,43 @@ def test_keepalive_spares_a_steady_reader_behind_a_backlog(serve: Any) -> Iterat
     assert close[0].close_code == 1000, close[0].close_reason
     assert sum(len(f.payload) for f in raw.frames if f.opcode == F.BINARY) == 60 * len(chunk)
     raw.transport.loseConnection()
+
+
+@pytest.mark.parametrize("kind", ["deferred", "coroutine"])
+@pytest_twisted.inlineCallbacks
+def test_pending_http_handler_is_cancelled_when_its_client_leaves(kind: str, logs: Any) -> Iterator[Any]:
+    """A long-poll HTTP handler whose client disconnects is cancelled, and nothing is written
+    to (or logged about) the gone request."""
+    app = Crow()
+    cancelled: list[str] = []
+    started: list[bool] = []
+
+    if kind == "deferred":
+
+        def handler(request: Any) -> Deferred[str]:
+            started.append(True)
+            return Deferred(lambda _: cancelled.append(kind))
+
+    else:
+
+        async def handler(request: Any) -> str:  # type: ignore[misc]
+            started.append(True)
+            try:
+                await Deferred()
+            except CancelledError:
+                cancelled.append(kind)
+                raise
+            return "never"
+
+    app.route("/poll")(handler)
+    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        raw = yield connect_raw(port.getHost().port)
+        raw.transport.write(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+        yield wait_until(lambda: bool(started))
+        raw.transport.loseConnection()
+        yield wait_until(lambda: bool(cancelled))
+        yield later(0.05)
+        assert cancelled == [kind] and not logs.failures()
+    finally:
+        yield port.stopListening()
