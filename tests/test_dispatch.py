@@ -259,3 +259,20 @@ def test_queue_invariants(bound: int, byte_bound: int, steps: list[int]) -> None
     assert not r.queue.paused and len(r.queue) == 0 and r.queue.queued_bytes == 0
     flips = [e for e in r.log if e in ("pause", "resume")]
     assert flips == ["pause", "resume"] * (len(flips) // 2)
+
+
+def test_closing_resumes_reading_and_never_pauses_again() -> None:
+    """Once the close handshake has begun, a full queue resumes reading and drops what it cannot take."""
+    r = Recorder()
+    r.queue.max_messages = 2
+    gate: Deferred[None] = Deferred()
+    h = r.handler(lambda i: (r.log.append(i), gate if i == 0 else None)[1])
+    for i in range(3):
+        r.queue.push_message(h, 1, i)
+    assert r.log == [0, "pause"]
+    r.queue.closing()
+    assert r.log == [0, "pause", "resume"]
+    for i in range(3, 10):
+        r.queue.push_message(h, 1, i)  # the queue is full: dropped, and no pause
+    gate.callback(None)
+    assert r.log == [0, "pause", "resume", 1, 2]

@@ -697,3 +697,25 @@ def test_pending_http_handler_is_cancelled_when_its_client_leaves(kind: str, log
         assert cancelled == [kind] and not logs.failures()
     finally:
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_hears_the_close_of_a_connection_whose_queue_is_full(serve: Any) -> Iterator[Any]:
+    """close_all (what SIGTERM runs) on a connection whose queue is full and reading paused:
+    reading resumes, so the peer's close answer is heard and onclose gets it, not 1006 later."""
+    app = Crow().websocket_limits(keepalive_interval=None, close_timeout=5)
+    rec = Recorder(app)
+    rec.rule.max_queue(4).onmessage(rec.hang)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    raw.transport.write(F.encode(F.TEXT, b"x" * 1000) * 2000)
+    yield wait_until(lambda: bool(rec.rule.connections) and next(iter(rec.rule.connections))._protocol._events.paused)
+    started = reactor.seconds()  # type: ignore[attr-defined]
+    done = app.close_all()
+    frames = yield raw.wait_for(lambda: [f for f in raw.frames if f.opcode == F.CLOSE] or None)
+    assert frames[0].close_code == 1001
+    raw.transport.write(F.encode(F.CLOSE, F.close_payload(1001, "ok")))
+    yield within(done)
+    assert rec.named("close") == [("close", 1001, "ok")]
+    assert reactor.seconds() - started < 3  # type: ignore[attr-defined]

@@ -49,7 +49,7 @@ class EventQueue:
     """Serialises handler calls for one connection; pauses reading only while its queue is full."""
 
     __slots__ = (
-        "_queue", "_running", "_waiting", "paused", "_failed", "_closed", "_pending",
+        "_queue", "_running", "_waiting", "paused", "_failed", "_closed", "_closing", "_pending",
         "_pause", "_resume", "_on_failure", "_count", "_bytes", "max_messages", "max_bytes",
     )
 
@@ -69,6 +69,7 @@ class EventQueue:
         """Whether reading is paused because the queue is full (read it; do not set it)."""
         self._failed = False
         self._closed = False
+        self._closing = False
         self._pending: Deferred[Any] | None = None
         self._pause = pause
         self._resume = resume
@@ -122,11 +123,13 @@ class EventQueue:
         if handler is None or ((self._failed or self._closed) and not essential):
             return
         if self._running or self._waiting or self._queue:
+            if self._closing and not essential and self._full():
+                return  # closing: reading must go on, so what the full queue cannot take is dropped
             self._waiting_room().append((handler, args, essential, size))
             if not essential:
                 self._count += 1
                 self._bytes += size
-                if not self.paused and self._full():
+                if not self.paused and not self._closing and self._full():
                     self.paused = True
                     self._pause()
             return
@@ -146,6 +149,13 @@ class EventQueue:
         self._waiting_room().appendleft((handler, args, True, 0))
         if not (self._running or self._waiting):
             self._drain()
+
+    def closing(self) -> None:
+        """The close handshake has begun: reading must not pause again (the peer's close frame
+        has to be heard), so messages that find the queue full from now on are dropped."""
+        self._closing = True
+        if self.paused:
+            self._resume_reading()
 
     def drop_messages(self) -> None:
         """Drop the messages not yet handled (the connection failed); essential events still run."""

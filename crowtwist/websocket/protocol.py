@@ -510,8 +510,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
             self._report_error(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"), first=True)
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
         if was_open:
-            # Keepalive is over: the close timeout bounds the rest.
+            # Keepalive is over: the close timeout bounds the rest.  Reading goes
+            # on whatever the queue holds, so the peer's close frame is heard.
             self._suspend_keepalive()
+            self._events.closing()
 
     # Close frames: both receive paths end here (the fast path with a whole
     # frame, autobahn's through processControlFrame).
