@@ -719,3 +719,71 @@ def test_stopping_hears_the_close_of_a_connection_whose_queue_is_full(serve: Any
     yield within(done)
     assert rec.named("close") == [("close", 1001, "ok")]
     assert reactor.seconds() - started < 3  # type: ignore[attr-defined]
+
+
+class PingAnswerer(RawClient):
+    """Answers every ping as soon as it is parsed, and keeps the other frames."""
+
+    def dataReceived(self, data: bytes) -> None:
+        before = len(self.frames)
+        super().dataReceived(data)
+        for frame in self.frames[before:]:
+            if frame.opcode == F.PING:
+                self.transport.write(F.encode(F.PONG, frame.payload))  # type: ignore[union-attr]
+        self.frames = [f for f in self.frames if f.opcode != F.PING]
+        self._check()
+
+
+@pytest_twisted.inlineCallbacks
+def test_keepalive_spares_a_peer_whose_queue_keeps_refilling(serve: Any) -> Iterator[Any]:
+    """A burst bigger than the queue refills it each time it drains: no ping goes out while
+    reading is paused, so a peer that answers every ping is never closed with 1011."""
+    app = Crow().websocket_limits(keepalive_interval=0.2, keepalive_timeout=0.2)
+    rec = Recorder(app)
+
+    async def slow(conn: Connection, data: str | bytes, is_binary: bool) -> None:
+        await later(0.1)
+        conn.send_text(f"done {data}")
+
+    rec.rule.max_queue(8).onmessage(slow)
+    port = serve(app)
+    raw = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(PingAnswerer)))
+    yield raw.handshake("/ws")
+    raw.transport.write(b"".join(F.encode(F.TEXT, b"%d" % i) for i in range(40)))
+    frames = yield raw.wait_for(
+        lambda: raw.frames if len(raw.frames) >= 40 or any(f.opcode == F.CLOSE for f in raw.frames) else None
+    )
+    assert [f.payload for f in frames] == [b"done %d" % i for i in range(40)]
+    assert not rec.named("error")
+    raw.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_close_is_bounded_when_the_peer_reads_nothing_more(serve: Any) -> Iterator[Any]:
+    """A peer that sends its close but reads nothing (our answer stuck behind a backlog): the
+    connection still ends within the close timeout, the pending handler is cancelled, onclose runs."""
+    app = Crow().websocket_limits(keepalive_interval=None, close_timeout=0.5, send_buffer_policy="wait")
+    rec = Recorder(app)
+    cancelled: list[bool] = []
+
+    async def stream(conn: Connection) -> None:
+        try:
+            while conn.is_open:
+                await conn.drained()
+                conn.send_binary(b"b" * 65536)
+        except CancelledError:
+            cancelled.append(True)
+            raise
+
+    rec.rule.onopen(stream)
+    port = serve(app)
+    raw = yield connect_raw(port)
+    yield raw.handshake("/ws")
+    raw.transport.pauseProducing()  # reads nothing more
+    (conn,) = rec.rule.connections
+    yield wait_until(lambda: not conn.writable)
+    raw.transport.write(F.encode(F.CLOSE, F.close_payload(1000, "stop")))
+    yield wait_until(lambda: bool(rec.named("close")), 5)
+    assert rec.named("close")[0][1] == 1000 and cancelled == [True]
+    assert len(rec.rule.connections) == 0
+    raw.transport.abortConnection()

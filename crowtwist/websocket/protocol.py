@@ -273,10 +273,13 @@ class CrowServerProtocol(WebSocketServerProtocol):
     autoFragmentSize: int
     autoPingInterval: float
     autoPingTimeout: float
+    closeHandshakeTimeout: float
     tcpNoDelay: bool
     _plain = False
     _app_close = False
     _consuming = False
+    _drop_timer: Any = None
+    """Aborts a connection whose close did not finish within the close timeout."""
     _failed_close: tuple[int, str] | None = None
     """The code and message this connection was failed with on an invalid close frame."""
     _error_reported = False
@@ -291,6 +294,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _backlog: deque[bytes] | None = None
     _backlog_size = 0
     _in_transport = 0
+    _pull = False
+    """Plain TCP: the transport tells us only when its buffer is empty (a pull producer)."""
     """Plain TCP: bytes the socket did not take, held by the transport until it drains."""
     _paused_out = False
     _over_limit = False
@@ -353,6 +358,10 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def _connectionLost(self, reason: Any) -> None:
         # autobahn's server version formats the reason (a Failure, traceback
         # included) for a debug line on every close.
+        timer = self._drop_timer
+        if timer is not None:
+            self._drop_timer = None
+            timer.cancel()
         WebSocketProtocol._connectionLost(self, reason)
         self.factory.countConnections -= 1
 
@@ -387,6 +396,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         """
         transport: Any = self.transport
         plain_tcp = isinstance(transport, tcp.Connection)
+        self._pull = plain_tcp
         if plain_tcp:
             transport.bufferSize = _READ_SIZE
             transport.SEND_LIMIT = _READ_SIZE
@@ -917,6 +927,14 @@ class CrowServerProtocol(WebSocketServerProtocol):
         transport: Any = self.transport
         if sock is None or transport.disconnecting:
             transport.writeSequence(parts)
+            if self._pull and not transport.disconnecting:
+                # Plain TCP before the socket is ours (the 101, and what onopen
+                # sends, on a connection that answered HTTP before): the transport
+                # holds it, in order; writable counts it until the transport drains.
+                self._in_transport += size
+                conn = self.conn
+                if conn is not None and conn.writable:
+                    self._update_writable()
             return
         if size <= _JOIN_BELOW or len(parts) > _MAX_PARTS:
             parts = [b"".join(parts)] if len(parts) > 1 else parts
@@ -987,7 +1005,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # what the socket left with the transport.
         conn = self.conn
         if conn is not None:
-            if self._socket is None:
+            if not self._pull:
                 conn._set_writable(not self._paused_out)
             else:
                 conn._set_writable(self._backlog_size + self._in_transport <= _READ_SIZE)
@@ -1021,6 +1039,19 @@ class CrowServerProtocol(WebSocketServerProtocol):
         # Not abortConnection, even with nothing left to send: it closes with
         # a reset, which may discard the close frame before the peer reads it.
         super()._closeConnection(False)
+        # But a peer that reads nothing more (the close frame behind a backlog
+        # it will not take) or never ends TLS would hold the connection, and
+        # its onclose, forever: the close timeout bounds this last step too.
+        if self._drop_timer is None and getattr(transport, "connected", True):
+            self._drop_timer = self.factory._batched_timer.call_later(
+                self.closeHandshakeTimeout or 5.0, self._abort_lingering
+            )
+
+    def _abort_lingering(self) -> None:
+        self._drop_timer = None
+        transport: Any = self.transport
+        if transport is not None and getattr(transport, "connected", True):
+            transport.abortConnection()
 
     def _pause_reading(self) -> None:
         # The incoming queue is full: stop reading.  A pong we do not read is no
@@ -1033,8 +1064,13 @@ class CrowServerProtocol(WebSocketServerProtocol):
         if self.transport is not None:
             cast(IPushProducer, self.transport).resumeProducing()
         if self.data and not self._consuming:
-            self.consumeData()  # what a read held beyond the queue's bound
-        if self.autoPingInterval and self.state == _STATE_OPEN and self.autoPingPendingCall is None:
+            self.consumeData()  # what a read held beyond the queue's bound (it may fill the queue again)
+        if (
+            self.autoPingInterval
+            and self.state == _STATE_OPEN
+            and self.autoPingPendingCall is None
+            and not self._events.paused
+        ):
             # autobahn (private): the next automatic ping, as it schedules it.
             self.autoPingPendingCall = self.factory._batched_timer.call_later(
                 self.autoPingInterval, self._sendAutoPing
