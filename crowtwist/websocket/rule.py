@@ -145,9 +145,7 @@ class WebSocketRule:
         queue is down to a quarter; ``None`` lifts a bound.  Default: the app's.
         """
         for name, value in (("messages", messages), ("size", size)):
-            if value is not _UNSET and value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value <= 0
-            ):
+            if value is not _UNSET and not _positive_int_or_none(value):
                 raise ValueError(f"route {self.pattern!r}: max_queue {name} must be a positive int or None")
         if messages is not _UNSET:
             self._max_queue = messages
@@ -167,7 +165,7 @@ class WebSocketRule:
 
     def max_connections(self, count: int | None) -> WebSocketRule:
         """At most ``count`` open connections on this route; more get 503 (``None``: no cap)."""
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count <= 0):
+        if not _positive_int_or_none(count):
             raise ValueError(f"route {self.pattern!r}: max_connections must be a positive int or None")
         self._max_connections = count
         return self
@@ -285,9 +283,11 @@ class WebSocketRule:
         self._open.pop(conn, None)
 
 
+def _positive_int_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
 def _check_payload(size: int | None) -> int | None:
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+    if not _positive_int_or_none(size):
         raise ValueError(f"max_payload must be a positive int or None, not {size!r}")
     return size
