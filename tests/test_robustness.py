@@ -614,8 +614,8 @@ def test_late_pong_does_not_cut_the_close_handshake_short(serve: Any) -> Iterato
     assert rec.named("close")[0][1:] == (4444, "slow but here")
 
 
-class ThrottledReader(RawClient):
-    """Reads at most one chunk per 20 ms and answers each ping as soon as it has parsed it."""
+class PingAnswerer(RawClient):
+    """Answers every ping as soon as it is parsed, and keeps the other frames."""
 
     def dataReceived(self, data: bytes) -> None:
         before = len(self.frames)
@@ -624,6 +624,14 @@ class ThrottledReader(RawClient):
             if frame.opcode == F.PING:
                 self.transport.write(F.encode(F.PONG, frame.payload))  # type: ignore[union-attr]
         self.frames = [f for f in self.frames if f.opcode != F.PING]
+        self._check()
+
+
+class ThrottledReader(PingAnswerer):
+    """A PingAnswerer that reads at most one chunk per 20 ms."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
         self.transport.pauseProducing()  # type: ignore[union-attr]
         reactor.callLater(0.02, self._resume)  # type: ignore[attr-defined]
 
@@ -720,18 +728,6 @@ def test_stopping_hears_the_close_of_a_connection_whose_queue_is_full(serve: Any
     assert rec.named("close") == [("close", 1001, "ok")]
     assert reactor.seconds() - started < 3  # type: ignore[attr-defined]
 
-
-class PingAnswerer(RawClient):
-    """Answers every ping as soon as it is parsed, and keeps the other frames."""
-
-    def dataReceived(self, data: bytes) -> None:
-        before = len(self.frames)
-        super().dataReceived(data)
-        for frame in self.frames[before:]:
-            if frame.opcode == F.PING:
-                self.transport.write(F.encode(F.PONG, frame.payload))  # type: ignore[union-attr]
-        self.frames = [f for f in self.frames if f.opcode != F.PING]
-        self._check()
 
 
 @pytest_twisted.inlineCallbacks

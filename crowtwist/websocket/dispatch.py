@@ -109,15 +109,8 @@ class EventQueue:
         """Like ``push``, for a message of ``size`` bytes: it counts against the queue's bounds."""
         if self._running or self._waiting or self._queue or self._failed or self._closed or handler is None:
             self._push(handler, args, False, size)
-            return
-        # The common case, inline (once per message): nothing ahead of it.
-        self._running = True
-        try:
-            self._run(handler, args)
-        finally:
-            self._running = False
-        if self._queue and not self._waiting:
-            self._drain()
+        else:
+            self._run_now(handler, args)  # the common case, once per message: nothing ahead of it
 
     def _push(self, handler: Handler | None, args: tuple[Any, ...], essential: bool, size: int) -> None:
         if handler is None or ((self._failed or self._closed) and not essential):
@@ -133,7 +126,10 @@ class EventQueue:
                     self.paused = True
                     self._pause()
             return
-        # The common case, inline: nothing ahead of this event.
+        self._run_now(handler, args)
+
+    def _run_now(self, handler: Handler, args: tuple[Any, ...]) -> None:
+        # Nothing ahead of this event: run it inline, then whatever it queued.
         self._running = True
         try:
             self._run(handler, args)

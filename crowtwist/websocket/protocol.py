@@ -294,9 +294,9 @@ class CrowServerProtocol(WebSocketServerProtocol):
     _backlog: deque[bytes] | None = None
     _backlog_size = 0
     _in_transport = 0
+    """Plain TCP: bytes handed to the transport (not to the socket), held by it until it drains."""
     _pull = False
     """Plain TCP: the transport tells us only when its buffer is empty (a pull producer)."""
-    """Plain TCP: bytes the socket did not take, held by the transport until it drains."""
     _paused_out = False
     _over_limit = False
     # Plain TCP: the transport's socket, for one sendmsg(2) now instead of a
@@ -565,11 +565,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
     def _fail_on_close(self, code: CloseCode, message: str) -> None:
         # RFC 6455 7.1.7: fail the connection: a close frame saying why (the
         # peer has closed already, so no answer is awaited), then the TCP close.
-        if self.failedByMe and self.localCloseCode is not None:
-            # Failed already (autobahn found the frame broken first): that is the close to report.
-            sent = self.localCloseReason
-            self._failed_close = (self.localCloseCode, sent.decode("utf-8", "replace") if sent else "")
-        else:
+        if not (self.failedByMe and self.localCloseCode is not None):
+            # (Failed already, when autobahn found the frame broken first: onClose reports that close.)
             self._failed_close = (int(code), message)
         self.wasClean = False
         self.wasNotCleanReason = message
@@ -932,9 +929,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
                 # sends, on a connection that answered HTTP before): the transport
                 # holds it, in order; writable counts it until the transport drains.
                 self._in_transport += size
-                conn = self.conn
-                if conn is not None and conn.writable:
-                    self._update_writable()
+                self._owing_more()
             return
         if size <= _JOIN_BELOW or len(parts) > _MAX_PARTS:
             parts = [b"".join(parts)] if len(parts) > 1 else parts
@@ -954,9 +949,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         transport.write(data[sent:] if sent > 0 else data)
         self._paused_out = True
         self._in_transport += size - max(sent, 0)
-        conn = self.conn
-        if conn is not None and conn.writable:
-            self._update_writable()
+        self._owing_more()
 
     def _hold_back(self, data: bytes) -> None:
         backlog = self._backlog
@@ -964,8 +957,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
             backlog = self._backlog = deque()
         backlog.append(data)
         self._backlog_size += len(data)
-        if self.conn is not None and self.conn.writable:
-            self._update_writable()
+        self._owing_more()
         limit = self._rule.app.settings.max_send_buffer
         if limit is not None and self._backlog_size > limit and not self._over_limit:
             self._over_limit = True  # the close frame sent next lands here too
@@ -998,6 +990,12 @@ class CrowServerProtocol(WebSocketServerProtocol):
             if not self._backlog:
                 self._over_limit = False
         self._update_writable()
+
+    def _owing_more(self) -> None:
+        # More waits to go out: a writable connection may have stopped being one.
+        conn = self.conn
+        if conn is not None and conn.writable:
+            self._update_writable()
 
     def _update_writable(self) -> None:
         # Writable while at most a high-water mark's worth waits to go out:
