@@ -109,8 +109,17 @@ class EventQueue:
         """Like ``push``, for a message of ``size`` bytes: it counts against the queue's bounds."""
         if self._running or self._waiting or self._queue or self._failed or self._closed or handler is None:
             self._push(handler, args, False, size)
-        else:
-            self._run_now(handler, args)  # the common case, once per message: nothing ahead of it
+            return
+        # The common case (nothing ahead of it), inline: this repeats the end of
+        # _push on purpose, as one call fewer per message is ~20 ns, 4 % of
+        # parsing and dispatching a small frame (measured in memory).
+        self._running = True
+        try:
+            self._run(handler, args)
+        finally:
+            self._running = False
+        if self._queue and not self._waiting:
+            self._drain()
 
     def _push(self, handler: Handler | None, args: tuple[Any, ...], essential: bool, size: int) -> None:
         if handler is None or ((self._failed or self._closed) and not essential):
@@ -126,10 +135,7 @@ class EventQueue:
                     self.paused = True
                     self._pause()
             return
-        self._run_now(handler, args)
-
-    def _run_now(self, handler: Handler, args: tuple[Any, ...]) -> None:
-        # Nothing ahead of this event: run it inline, then whatever it queued.
+        # The common case, inline: nothing ahead of this event.
         self._running = True
         try:
             self._run(handler, args)
