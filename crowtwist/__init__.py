@@ -10,8 +10,8 @@
 """
 
 from ._version import __version__
-from .app import Crow, Route, Settings
-from .http import Response
+from ._app import Crow, Route, Settings
+from ._http import Response
 from .websocket import Connection, ConnectionsView, WebSocketRule, accelerated
 
 __all__ = [

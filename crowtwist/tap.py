@@ -18,8 +18,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from .app import DEFAULT_PORT, Crow
-from .websocket.origin import OriginPolicy
+from ._app import DEFAULT_PORT, Crow
+from .websocket._origin import OriginPolicy
 
 __all__ = ["Options", "load_app", "makeService"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from crowtwist.websocket.coalesce import Coalescer
+from crowtwist.websocket._coalesce import Coalescer
 
 from .conftest import LogCapture
 

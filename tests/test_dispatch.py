@@ -11,7 +11,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 
 from crowtwist._handlers import Handler
-from crowtwist.websocket.dispatch import EventQueue
+from crowtwist.websocket._dispatch import EventQueue
 
 
 class Recorder:

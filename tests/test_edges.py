@@ -13,8 +13,8 @@ from twisted.internet.testing import StringTransport
 
 from crowtwist import Connection, Crow, Response
 from crowtwist._handlers import Handler, as_deferred, positional_arity
-from crowtwist.routing import PARAM_TYPES, parse_pattern
-from crowtwist.site import CrowSite
+from crowtwist._routing import PARAM_TYPES, parse_pattern
+from crowtwist._site import CrowSite
 
 from .clients import connect_autobahn, within
 from .memory import MemoryClient

@@ -285,8 +285,8 @@ def test_rejected_upgrade_over_the_wire(serve: Any) -> Iterator[Any]:
 
 def counting_coalescer(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A coalescer that counts the replies it holds, and counts any two connections' reads within a second as busy."""
-    from crowtwist.websocket import protocol as protocol_module
-    from crowtwist.websocket.coalesce import Coalescer
+    from crowtwist.websocket import _protocol as protocol_module
+    from crowtwist.websocket._coalesce import Coalescer
 
     class Counting(Coalescer):
         holds = 0

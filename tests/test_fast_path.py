@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from crowtwist import Crow
-from crowtwist.websocket import protocol as protocol_module
+from crowtwist.websocket import _protocol as protocol_module
 
 from . import frames as F
 from .memory import MemoryClient
@@ -279,7 +279,7 @@ def test_oversized_and_unmasked_closes_are_autobahns() -> None:
 
 
 def opened(app: Crow, autobahns: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, dict[str, Any]]:
-    from crowtwist.websocket.protocol import CrowServerProtocol
+    from crowtwist.websocket._protocol import CrowServerProtocol
 
     with monkeypatch.context() as patch:
         if autobahns:

@@ -32,8 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from crowtwist import Connection, Crow, Response
-from crowtwist.websocket.extensions import acceptable_offers, extension_error, parse_offers
-from crowtwist.websocket.rule import WebSocketRule
+from crowtwist.websocket._extensions import acceptable_offers, extension_error, parse_offers
+from crowtwist.websocket._rule import WebSocketRule
 
 from . import frames as F
 from .clients import TIMEOUT, within
@@ -295,7 +295,7 @@ def test_allowed_origin_with_a_real_client(serve: Any, way: str) -> Iterator[Any
 
 def test_origin_patterns_are_checked_and_matched_strictly() -> None:
     """Malformed patterns fail when declared; wildcards match host labels only, so no odd string slips through."""
-    from crowtwist.websocket.origin import OriginPolicy
+    from crowtwist.websocket._origin import OriginPolicy
 
     for bad, why in (
         ("", "may not be empty"),

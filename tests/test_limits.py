@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from crowtwist import Connection, Crow
 from crowtwist.tap import Options, configure
-from crowtwist.websocket.origin import OriginPolicy
+from crowtwist.websocket._origin import OriginPolicy
 
 from . import frames as F
 from .clients import connect_raw, within

@@ -255,7 +255,7 @@ def test_registered_codes_are_valid_both_ways(serve: Any, code: int) -> Iterator
 
 def test_parse_close_against_the_rfc() -> None:
     """parse_close accepts exactly the codes a peer may send, and UTF-8 reasons."""
-    from crowtwist.websocket.close import CloseCode, CloseFrameError, parse_close
+    from crowtwist.websocket._close import CloseCode, CloseFrameError, parse_close
 
     valid = {1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)}
     for code in range(0, 70000, 1):
@@ -358,7 +358,7 @@ def test_readme_drained_loop_with_large_chunks_reaches_a_fast_reader(serve: Any)
 
 def test_bucket_timer_is_never_early() -> None:
     """Deadlines round up to the next bucket, never down; one reactor call serves a bucket."""
-    from crowtwist.websocket.timers import BucketTimer
+    from crowtwist.websocket._timers import BucketTimer
 
     clock = Clock()
     clock.advance(100.7)

@@ -26,9 +26,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from crowtwist import Crow, Response
-from crowtwist.routing import PATH, ParamType, ParamValue, Segment, parse_pattern, path_segments
-from crowtwist.site import CrowSite
-from crowtwist.websocket.upgrade import _route
+from crowtwist._routing import PATH, ParamType, ParamValue, Segment, parse_pattern, path_segments
+from crowtwist._site import CrowSite
+from crowtwist.websocket._upgrade import _route
 
 from .clients import within
 

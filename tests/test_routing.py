@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crowtwist import Crow
-from crowtwist.routing import PARAM_TYPES, RouteNode, parse_pattern, path_segments
+from crowtwist._routing import PARAM_TYPES, RouteNode, parse_pattern, path_segments
 
 
 def tree(*patterns: str) -> RouteNode[str]:

@@ -47,7 +47,7 @@ def test_plugin_import_is_light() -> None:
     """Importing the plugin imports neither the reactor nor crowtwist itself."""
     code = (
         "import sys, twisted.plugins.crowtwist_plugin as p;"
-        "print('twisted.internet.reactor' in sys.modules, 'crowtwist.app' in sys.modules, p.crow.tapname)"
+        "print('twisted.internet.reactor' in sys.modules, 'crowtwist._app' in sys.modules, p.crow.tapname)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
     assert result.stdout.split() == ["False", "False", "crow"], result.stderr

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from crowtwist import Crow, Response
-from crowtwist.site import CrowSite
+from crowtwist._site import CrowSite
 
 from . import frames as F
 from .conftest import LogCapture

@@ -6,8 +6,8 @@ import warnings
 
 from autobahn.websocket import HAS_NVX, USES_NVX
 
-from .connection import Connection
-from .rule import ConnectionsView, WebSocketRule
+from ._connection import Connection
+from ._rule import ConnectionsView, WebSocketRule
 
 __all__ = ["Connection", "ConnectionsView", "WebSocketRule", "accelerated"]
 

@@ -18,13 +18,13 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
-from .http import HttpRule, NotFound, render_http
-from .routing import ParamValue, RouteNode
-from .websocket.leaf import WebSocketLeaf, wants_upgrade
-from .websocket.upgrade import fast_upgrade
+from ._http import HttpRule, NotFound, render_http
+from ._routing import ParamValue, RouteNode
+from .websocket._leaf import WebSocketLeaf, wants_upgrade
+from .websocket._upgrade import fast_upgrade
 
 if TYPE_CHECKING:
-    from .websocket.rule import WebSocketRule
+    from .websocket._rule import WebSocketRule
 
 __all__ = ["Endpoint", "EndpointResource", "RouteResource"]
 

@@ -37,16 +37,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._handlers import Handler
-from ..routing import ParamValue
-from .coalesce import Coalescer
-from .connection import Connection
-from .close import CloseCode, CloseFrameError, parse_close
-from .dispatch import EventQueue
-from .extensions import decline_all, deflate_acceptor, offered_client_bits
-from .timers import BucketTimer
+from .._routing import ParamValue
+from ._coalesce import Coalescer
+from ._connection import Connection
+from ._close import CloseCode, CloseFrameError, parse_close
+from ._dispatch import EventQueue
+from ._extensions import decline_all, deflate_acceptor, offered_client_bits
+from ._timers import BucketTimer
 
 if TYPE_CHECKING:
-    from .rule import WebSocketRule
+    from ._rule import WebSocketRule
 
 __all__ = ["CrowServerProtocol", "RuleFactory", "build_factory"]
 

@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, succeed
 
-from ..routing import ParamValue
-from .close import is_sendable
+from .._routing import ParamValue
+from ._close import is_sendable
 
 if TYPE_CHECKING:
-    from .protocol import CrowServerProtocol
-    from .rule import WebSocketRule
+    from ._protocol import CrowServerProtocol
+    from ._rule import WebSocketRule
 
 __all__ = ["Connection"]
 

@@ -30,15 +30,15 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from .._headers import split_tokens, valid_host
-from ..http import Response
-from ..routing import ParamValue, RouteNode, path_segments
-from ..site import DeadlineChannel
-from .extensions import acceptable_offers, extension_error
-from .protocol import CrowServerProtocol
+from .._http import Response
+from .._routing import ParamValue, RouteNode, path_segments
+from .._site import DeadlineChannel
+from ._extensions import acceptable_offers, extension_error
+from ._protocol import CrowServerProtocol
 
 if TYPE_CHECKING:
-    from ..resource import Endpoint
-    from .rule import WebSocketRule
+    from .._resource import Endpoint
+    from ._rule import WebSocketRule
 
 __all__ = ["OVER_CAPACITY", "SHUTTING_DOWN", "Refusal", "UpgradeHead", "fast_upgrade", "refusal", "take_over"]
 

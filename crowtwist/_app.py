@@ -14,13 +14,13 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 
-from .http import HttpRule
-from .resource import Endpoint, RouteResource
-from .routing import ParamType, RouteNode, parse_pattern
-from .site import CrowSite
-from .websocket.dispatch import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
-from .websocket.origin import OriginPolicy
-from .websocket.rule import WebSocketRule, _check_payload
+from ._http import HttpRule
+from ._resource import Endpoint, RouteResource
+from ._routing import ParamType, RouteNode, parse_pattern
+from ._site import CrowSite
+from .websocket._dispatch import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
+from .websocket._origin import OriginPolicy
+from .websocket._rule import WebSocketRule, _check_payload
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamServerEndpoint

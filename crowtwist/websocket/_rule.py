@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable, Iterator
 
 from .._handlers import Handler
-from .connection import Connection
-from .origin import OriginPolicy
+from ._connection import Connection
+from ._origin import OriginPolicy
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from ..app import Crow
-    from .protocol import RuleFactory
+    from .._app import Crow
+    from ._protocol import RuleFactory
 
 __all__ = ["ConnectionsView", "WebSocketRule"]
 
@@ -261,7 +261,7 @@ class WebSocketRule:
     def factory(self) -> RuleFactory:
         """The autobahn factory of this rule, built on first use from the current settings."""
         if self._factory is None:
-            from .protocol import build_factory
+            from ._protocol import build_factory
 
             self._factory = build_factory(self)
             self._factory.start()

@@ -15,7 +15,7 @@ from twisted.internet.defer import CancelledError
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._handlers import Handler, as_deferred
-from .routing import ParamValue
+from ._routing import ParamValue
 
 __all__ = ["HttpRule", "Response", "render_http", "write_response"]
 

@@ -22,12 +22,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .._handlers import as_deferred
 from .._headers import wants_upgrade
-from ..http import Response, write_response
-from ..site import DeadlineChannel
-from .upgrade import OVER_CAPACITY, SHUTTING_DOWN, UpgradeHead, refusal, take_over
+from .._http import Response, write_response
+from .._site import DeadlineChannel
+from ._upgrade import OVER_CAPACITY, SHUTTING_DOWN, UpgradeHead, refusal, take_over
 
 if TYPE_CHECKING:
-    from .rule import WebSocketRule
+    from ._rule import WebSocketRule
 
 __all__ = ["PendingUpgrade", "WebSocketLeaf", "wants_upgrade"]
 
