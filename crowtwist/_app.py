@@ -288,10 +288,7 @@ class Crow:
 
         waits: list[Deferred[Any]] = []
         for conn in list(self.connections()):
-            protocol = conn._protocol
-            if protocol is None:
-                continue
-            waits.append(protocol.closed)
+            waits.append(conn.when_closed())
             conn.close(reason, code)
         if not waits:
             return succeed(None)

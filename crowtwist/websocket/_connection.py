@@ -58,6 +58,7 @@ class Connection:
         "_writable",
         "_drain_waiters",
         "_thread",
+        "_close_waiters",
         "__weakref__",
     )
 
@@ -82,6 +83,8 @@ class Connection:
         self._drain_waiters: list[Deferred[None]] = []
         # Made by the protocol, so on the reactor thread: sends from others hop over.
         self._thread = get_ident()
+        # None once onclose has run: then when_closed() answers at once.
+        self._close_waiters: list[Callable[[], object]] | None = []
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -163,7 +166,25 @@ class Connection:
         self._drain_waiters.append(waiter)
         return waiter
 
+    def when_closed(self) -> Deferred[None]:
+        """A Deferred that fires once this connection has closed and its ``onclose`` has run.
+
+        What a registry or a room waits on to forget the connection; it fires
+        at once for a connection that is closed already.
+        """
+        waiters = self._close_waiters
+        if waiters is None:
+            return succeed(None)
+        closed: Deferred[None] = Deferred()
+        waiters.append(lambda: closed.callback(None))
+        return closed
+
     # Called by the protocol.
+
+    def _notify_closed(self) -> None:
+        waiters, self._close_waiters = self._close_waiters, None
+        for waiter in waiters or ():
+            waiter()
 
     def _set_writable(self, writable: bool) -> None:
         self._writable = writable

@@ -123,7 +123,7 @@ class WebSocketLeaf(WebSocketResource):
             return NOT_DONE_YET  # already answered: the client left, or the app is stopping
         if result is True:
             # The caps and the app's state may have changed while onaccept ran.
-            if self.rule.app.stopping:
+            if self.rule.stopping:
                 _log_refusal(self.rule, request, "the server is stopping")
                 return write_response(request, SHUTTING_DOWN, finish=finish)
             if self.rule.over_capacity():

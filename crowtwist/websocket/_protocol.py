@@ -230,7 +230,7 @@ class RuleFactory(WebSocketServerFactory):
 
 def build_factory(rule: WebSocketRule) -> RuleFactory:
     """The autobahn factory for ``rule``, configured from the rule's and the app's settings."""
-    settings = rule.app.settings
+    settings = rule.settings
     max_payload = rule.effective_max_payload
     factory = RuleFactory(rule)
     WebSocketServerFactory.setProtocolOptions(
@@ -623,7 +623,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
 
     def send_buffer_exceeded(self, queued: int) -> None:
         """The peer left more than ``max_send_buffer`` bytes unread: apply the policy."""
-        settings = self._rule.app.settings
+        settings = self._rule.settings
         if settings.send_buffer_policy != "close" or self.state != _STATE_OPEN:
             return
         log.warn(
@@ -666,6 +666,8 @@ class CrowServerProtocol(WebSocketServerProtocol):
     # Internals.
 
     def _fire_closed(self) -> None:
+        if self.conn is not None:
+            self.conn._notify_closed()
         if not self.closed.called:
             self.closed.callback(None)
 
@@ -958,7 +960,7 @@ class CrowServerProtocol(WebSocketServerProtocol):
         backlog.append(data)
         self._backlog_size += len(data)
         self._owing_more()
-        limit = self._rule.app.settings.max_send_buffer
+        limit = self._rule.settings.max_send_buffer
         if limit is not None and self._backlog_size > limit and not self._over_limit:
             self._over_limit = True  # the close frame sent next lands here too
             self.send_buffer_exceeded(self._backlog_size)

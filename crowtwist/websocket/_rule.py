@@ -12,7 +12,7 @@ from ._origin import OriginPolicy
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from .._app import Crow
+    from .._app import Crow, Settings
     from ._protocol import RuleFactory
 
 __all__ = ["ConnectionsView", "WebSocketRule"]
@@ -78,6 +78,16 @@ class WebSocketRule:
 
     def __repr__(self) -> str:
         return f"<WebSocketRule {self.pattern!r}>"
+
+    @property
+    def settings(self) -> Settings:
+        """The app-wide settings this rule's own ones default to."""
+        return self.app.settings
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the app is shutting down (new upgrades get 503)."""
+        return self.app.stopping
 
     # Crow's chained handlers.
 

@@ -154,7 +154,7 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
         return _bad_request(f"Sec-WebSocket-Extensions: {problem}")
     if not can_take_over:
         return Refusal(UPGRADE_REQUIRED)
-    if rule.app.stopping:
+    if rule.stopping:
         return Refusal(SHUTTING_DOWN, "the server is stopping")
     origins = rule.origin_policy()
     if origins is not None:
