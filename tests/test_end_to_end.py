@@ -227,7 +227,7 @@ def test_slow_reader_backpressure(serve: Any) -> Iterator[Any]:
     total = 400  # 25 MiB, far beyond the socket buffers
 
     async def producer(conn: Connection) -> None:
-        state["direct"] = conn._protocol is not None and conn._protocol._socket is not None
+        state["direct"] = conn._protocol is not None and conn._protocol._out.direct
         for i in range(total):
             if not conn.writable:
                 state["paused"] += 1

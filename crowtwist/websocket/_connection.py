@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 from threading import get_ident
-from typing import TYPE_CHECKING, Any
-from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
 
-from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, succeed
 
 from .._routing import ParamValue
-from ._close import is_sendable
+from ._close import CloseCode, is_sendable
 
-if TYPE_CHECKING:
-    from ._protocol import CrowServerProtocol
-    from ._rule import WebSocketRule
+__all__ = ["Connection", "Owner", "Route", "detach", "notify_closed", "set_writable"]
 
-__all__ = ["Connection"]
 
-_OPEN = WebSocketProtocol.STATE_OPEN
+class Owner(Protocol):
+    """What a connection asks of the protocol that serves it."""
+
+    def is_sendable(self) -> bool: ...
+    def send_message(self, payload: bytes, is_binary: bool) -> None: ...
+    def send_control(self, payload: bytes, ping: bool) -> None: ...
+    def close_by_app(self, code: int, reason: str) -> None: ...
+
+
+class Route(Protocol):
+    """What a connection shows of its route."""
+
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def connections(self) -> Iterable[Connection]: ...
 
 
 def _call_in_reactor(func: Callable[..., object], *args: Any) -> None:
@@ -64,14 +75,14 @@ class Connection:
 
     def __init__(
         self,
-        protocol: CrowServerProtocol,
-        rule: WebSocketRule,
+        protocol: Owner,
+        rule: Route,
         params: Sequence[ParamValue],
         userdata: object,
         remote_ip: str,
         subprotocol: str | None,
     ) -> None:
-        self._protocol: CrowServerProtocol | None = protocol
+        self._protocol: Owner | None = protocol
         self.rule = rule
         self.params: tuple[ParamValue, ...] = tuple(params)
         """The route's typed segments, converted, in pattern order."""
@@ -121,7 +132,7 @@ class Connection:
             _call_in_reactor(self._send, payload, is_binary)
             return
         protocol = self._protocol
-        if protocol is not None and protocol.state == _OPEN:
+        if protocol is not None and protocol.is_sendable():
             protocol.send_message(payload, is_binary)
 
     def send_ping(self, data: bytes = b"") -> None:
@@ -142,7 +153,7 @@ class Connection:
         if protocol is not None and protocol.is_sendable():
             protocol.send_control(bytes(data), ping)
 
-    def close(self, reason: str = "quit", code: int = 1000) -> None:
+    def close(self, reason: str = "quit", code: int = CloseCode.NORMAL_CLOSURE) -> None:
         """Start the close handshake; ``onclose`` runs when it completes."""
         if isinstance(code, bool) or not isinstance(code, int) or not is_sendable(code):
             raise ValueError(f"close code {code!r} may not be sent; use 1000-1003, 1007-1014 or 3000-4999")
@@ -179,20 +190,27 @@ class Connection:
         waiters.append(lambda: closed.callback(None))
         return closed
 
-    # Called by the protocol.
 
-    def _notify_closed(self) -> None:
-        waiters, self._close_waiters = self._close_waiters, None
-        for waiter in waiters or ():
-            waiter()
+# Called by the protocol that serves the connection.
 
-    def _set_writable(self, writable: bool) -> None:
-        self._writable = writable
-        if writable and self._drain_waiters:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
-    def _detach(self) -> None:
-        self._protocol = None
-        self._set_writable(True)
+def set_writable(conn: Connection, writable: bool) -> None:
+    """Outgoing data went over the high-water mark (False) or back under it (True)."""
+    conn._writable = writable
+    if writable and conn._drain_waiters:
+        waiters, conn._drain_waiters = conn._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+def detach(conn: Connection) -> None:
+    """The connection closed: sends are dropped from now on, and drain waiters released."""
+    conn._protocol = None
+    set_writable(conn, True)
+
+
+def notify_closed(conn: Connection) -> None:
+    """``onclose`` has run: fire ``when_closed()``."""
+    waiters, conn._close_waiters = conn._close_waiters, None
+    for waiter in waiters or ():
+        waiter()

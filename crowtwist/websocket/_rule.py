@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from .._app import Crow, Settings
-    from ._protocol import RuleFactory
+    from ._factory import RuleFactory
 
 __all__ = ["ConnectionsView", "WebSocketRule"]
 
@@ -271,7 +271,7 @@ class WebSocketRule:
     def factory(self) -> RuleFactory:
         """The autobahn factory of this rule, built on first use from the current settings."""
         if self._factory is None:
-            from ._protocol import build_factory
+            from ._factory import build_factory
 
             self._factory = build_factory(self)
             self._factory.start()
@@ -286,10 +286,12 @@ class WebSocketRule:
         if factory is not None:
             factory.stop()
 
-    def _opened(self, conn: Connection) -> None:
+    def opened(self, conn: Connection) -> None:
+        """A connection of this rule opened."""
         self._open[conn] = None
 
-    def _closed(self, conn: Connection) -> None:
+    def closed(self, conn: Connection) -> None:
+        """A connection of this rule closed."""
         self._open.pop(conn, None)
 
 

@@ -1,0 +1,58 @@
+"""What a connection's protocol needs of its route: ``RouteHandlers`` (a ``WebSocketRule`` is one).
+
+The protocol depends on this shape, not on the rule's module, so imports run
+one way: the rule builds protocols, protocols never import the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .._handlers import Handler
+
+__all__ = ["RouteHandlers", "RouteSettings", "peer_host"]
+
+
+class RouteSettings(Protocol):
+    """The app-wide settings a connection reads."""
+
+    enforce_ws_spec: bool
+    max_send_buffer: int | None
+    send_buffer_policy: str
+    close_timeout: float
+    keepalive_interval: float | None
+    keepalive_timeout: float | None
+
+
+class RouteHandlers(Protocol):
+    """A WebSocket route as its connections see it: handlers, limits, and its open set."""
+
+    pattern: str
+    open_handler: Handler | None
+    message_handler: Handler | None
+    error_handler: Handler | None
+    close_handler: Handler | None
+
+    @property
+    def settings(self) -> RouteSettings: ...
+    @property
+    def effective_max_payload(self) -> int | None: ...
+    @property
+    def effective_max_queue(self) -> int | None: ...
+    @property
+    def effective_max_queue_bytes(self) -> int | None: ...
+    @property
+    def effective_compression(self) -> bool: ...
+    @property
+    def connections(self) -> Any: ...
+    def opened(self, conn: Any) -> None: ...
+    def closed(self, conn: Any) -> None: ...
+
+
+def peer_host(address: object) -> str:
+    """The host of a peer address: an IP, a UNIX socket's path, or ``""`` when unknown."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return str(host)
+    name = getattr(address, "name", None)
+    return "" if name is None else str(name)
