@@ -3,7 +3,6 @@ general path, whatever the read boundaries."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from crowtwist import Crow
-from crowtwist.websocket import _protocol as protocol_module
+from crowtwist.websocket import _frames as frames_module
 
 from . import frames as F
 from .memory import MemoryClient
@@ -34,35 +33,11 @@ def echo_app(**kwargs: Any) -> tuple[Crow, list[tuple[str | bytes, bool]]]:
     return app, seen
 
 
-@pytest.mark.parametrize("implementation", ["C", "native", "python"])
-def test_unmask_matches_the_definition(implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unmasking (C, autobahn's native masker, or the big-integer XOR) equals RFC 6455's byte-by-byte XOR."""
-    unmask = protocol_module._unmask if implementation == "C" else protocol_module._unmask_python
-    if implementation == "python":
-        monkeypatch.setattr(protocol_module, "_native_masker", None)
-    key = os.urandom(4)
-    for length in list(range(0, 70)) + [125, 126, 127, 2047, 2048, 2049, 65535, 65537]:
-        payload = os.urandom(length)
-        expected = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        for before, after in ((0, 0), (3, 5)):
-            data = os.urandom(before) + payload + os.urandom(after)
-            assert unmask(data, before, before + length, key) == expected, (length, before)
-
-
-def test_the_c_helper_is_built() -> None:
-    """setup.py's optional extension was compiled, so the fast path runs at C speed here."""
-    assert protocol_module._unmask is not protocol_module._unmask_python
-    with pytest.raises(ValueError):
-        protocol_module._unmask(b"abc", 0, 4, b"keyk")
-    with pytest.raises(ValueError):
-        protocol_module._unmask(b"abc", 0, 3, b"key")
-
-
 @pytest.fixture(params=["C", "python"])
 def unmasking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with the C helper and again with the pure-Python fallback."""
     if request.param == "python":
-        monkeypatch.setattr(protocol_module, "_unmask", protocol_module._unmask_python)
+        monkeypatch.setattr(frames_module, "unmask", frames_module._unmask_python)
     return str(request.param)
 
 

@@ -547,3 +547,16 @@ class MessageAssembler:
 
 def _invalid_utf8() -> ProtocolError:
     return ProtocolError(CloseCode.INVALID_DATA, "encountered invalid UTF-8 in text message")
+
+
+def data_header(is_binary: bool, length: int) -> bytes:
+    """The header of a whole, unmasked text or binary frame: what a server sends most.
+
+    ``frame_header`` with its options fixed, for the per-message send path.
+    """
+    first = 0x82 if is_binary else 0x81
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return _HEADER_16.pack(first, 126, length)
+    return _HEADER_64.pack(first, 127, length)
