@@ -362,9 +362,6 @@ class FastProtocol(WebSocketServerProtocol):
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
             self._cancelAutoPingTimeoutCall()
 
-    def count_sent(self, size: int) -> None:
-        self.trafficStats.outgoingOctetsWireLevel += size
-
     def start_close(self, code: int, reason: str) -> None:
         """The application closes: a close frame, then wait for the peer's."""
         if self.state == _OPEN:

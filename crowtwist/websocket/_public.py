@@ -79,9 +79,6 @@ class PublicProtocol(WebSocketServerProtocol):
     def count_received(self, size: int) -> None:
         pass
 
-    def count_sent(self, size: int) -> None:
-        pass
-
     def start_close(self, code: int, reason: str) -> None:
         if not self._closing_sent:
             self._closing_sent = True
