@@ -10,11 +10,14 @@
 """
 
 from ._version import __version__
-from ._app import Crow, Route, Settings
+from ._app import Crow, Route
 from ._http import Response
-from .websocket import Connection, ConnectionsView, WebSocketRule, accelerated
+from ._settings import Settings
+from .websocket import CloseCode, CloseStatusCode, Connection, ConnectionsView, WebSocketRule, accelerated
 
 __all__ = [
+    "CloseCode",
+    "CloseStatusCode",
     "Connection",
     "ConnectionsView",
     "Crow",

@@ -1,10 +1,9 @@
-"""``Crow``: the app.  Its settings, its rules, and the ways to serve them."""
+"""``Crow``: the app.  Its routes, its settings' setters, and the ways to serve them."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from collections.abc import Callable, Iterable, Iterator
 
@@ -17,22 +16,19 @@ from twisted.logger import Logger
 from ._http import HttpRule
 from ._resource import Endpoint, RouteResource
 from ._routing import ParamType, RouteNode, parse_pattern
+from ._settings import DEFAULT_BINDADDR, DEFAULT_PORT, Settings, check_positive
 from ._site import CrowSite
-from .websocket._dispatch import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
+from .websocket._close import CloseCode
+from .websocket._connection import Connection
 from .websocket._origin import OriginPolicy
-from .websocket._rule import WebSocketRule, _check_payload
+from .websocket._rule import RuleRegistry, WebSocketRule
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamServerEndpoint
 
-__all__ = ["Crow", "Route", "Settings"]
+__all__ = ["Crow", "Route"]
 
 log = Logger(namespace="crowtwist")
-
-DEFAULT_PORT = 18080
-"""Crow's default port."""
-
-DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,42 +37,6 @@ _KEEP: Any = object()
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-@dataclass
-class Settings:
-    """An app's WebSocket settings; rules read them when their factory is built."""
-
-    enforce_ws_spec: bool = False
-    """Require masked client frames (Crow's ``CROW_ENFORCE_WS_SPEC``)."""
-    websocket_max_payload: int | None = DEFAULT_MAX_PAYLOAD
-    """Bound on a whole incoming message after decompression; ``None`` lifts it."""
-    compression: bool = True
-    """Accept permessage-deflate when the client offers it."""
-    allow_null_origin: bool = False
-    """Where an origin list is in force, also accept ``Origin: null`` (as naming ``"null"`` in it does).
-
-    ``null`` comes from sandboxed frames and files on any site, so it is refused by default."""
-    close_timeout: float = 5.0
-    """Seconds to wait for the peer's close frame before dropping the connection."""
-    keepalive_interval: float | None = 20.0
-    """Seconds between server pings; ``None``: no pings."""
-    keepalive_timeout: float | None = 20.0
-    """Seconds to wait for a pong before closing with 1011."""
-    handshake_timeout: float | None = 10.0
-    """Seconds from TCP accept (or a request's first byte) to the end of its head, and to the 101."""
-    max_send_buffer: int | None = 4 * 1024 * 1024
-    """Bytes a connection may have queued for a peer that does not read; ``None``: no bound."""
-    send_buffer_policy: str = "close"
-    """Over ``max_send_buffer``: ``"close"`` (1008) or ``"wait"`` (the app awaits ``drained()``)."""
-    max_connections: int | None = None
-    """Open WebSockets the app takes at once; more get 503.  ``None``: no cap."""
-    max_queue: int | None = DEFAULT_MAX_QUEUE
-    """Messages a connection buffers while a handler is pending; reading pauses when full."""
-    max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES
-    """Bytes of messages a connection buffers while a handler is pending; reading pauses when full."""
-    allowed_origins: tuple[str, ...] | None = None
-    """Origins allowed to open WebSockets (see ``websocket/origin.py``); ``None``: any."""
 
 
 class Route:
@@ -121,10 +81,8 @@ class Route:
         endpoint = self._app._endpoint(self._segments)
         if endpoint.websocket is not None:
             raise ValueError(f"route {self.pattern!r}: a WebSocket rule on this path already exists")
-        rule = WebSocketRule(self._app, self.pattern)
-        endpoint.websocket = rule
-        self._app._ws_rules.append(rule)
-        return rule
+        endpoint.websocket = self._app._new_websocket_rule(self.pattern)
+        return endpoint.websocket
 
 
 class Crow:
@@ -138,12 +96,21 @@ class Crow:
     def __init__(self, enforce_ws_spec: bool | None = None) -> None:
         if enforce_ws_spec is None:
             enforce_ws_spec = _env_flag("CROWTWIST_ENFORCE_WS_SPEC")
-        self.settings = Settings(enforce_ws_spec=bool(enforce_ws_spec))
+        self._settings = Settings(enforce_ws_spec=bool(enforce_ws_spec))
         self._root: RouteNode[Endpoint] = RouteNode()
-        self._ws_rules: list[WebSocketRule] = []
+        self._websockets = RuleRegistry()
         self._port = DEFAULT_PORT
-        self._host = "0.0.0.0"
+        self._host = DEFAULT_BINDADDR
         self._warned = False
+
+    @property
+    def settings(self) -> Settings:
+        """The app-wide settings; change them with the chained setters below.
+
+        After changing them directly, call ``apply_settings`` for connections
+        opened from then on to use them.
+        """
+        return self._settings
 
     def route(self, pattern: str) -> Route:
         """Crow's ``CROW_ROUTE(app, pattern)``; a malformed pattern raises ``ValueError`` here."""
@@ -157,23 +124,26 @@ class Crow:
             node.endpoint = Endpoint()
         return node.endpoint
 
+    def _new_websocket_rule(self, pattern: str) -> WebSocketRule:
+        return WebSocketRule(pattern, self._settings, self._websockets)
+
     @property
     def websocket_rules(self) -> tuple[WebSocketRule, ...]:
         """Every WebSocket rule, in declaration order."""
-        return tuple(self._ws_rules)
+        return tuple(self._websockets)
 
     # Crow's chained settings.
 
     def websocket_max_payload(self, size: int | None) -> Crow:
         """App-wide bound on an incoming message after decompression (default 16 MiB)."""
-        self.settings.websocket_max_payload = _check_payload(size)
-        self._reset_factories()
+        self._settings.websocket_max_payload = check_positive("websocket_max_payload", size, integer=True)
+        self.apply_settings()
         return self
 
     def websocket_compression(self, enabled: bool) -> Crow:
         """Accept permessage-deflate or not, app-wide (default: accept)."""
-        self.settings.compression = bool(enabled)
-        self._reset_factories()
+        self._settings.compression = bool(enabled)
+        self.apply_settings()
         return self
 
     def websocket_limits(
@@ -189,44 +159,47 @@ class Crow:
         handshake_timeout: float | None | object = _KEEP,
         close_timeout: float | object = _KEEP,
     ) -> Crow:
-        """Change the app-wide WebSocket limits named; see ``Settings`` for each default."""
-        settings = self.settings
-        for name, value in (
-            ("max_connections", max_connections),
-            ("max_queue", max_queue),
-            ("max_queue_bytes", max_queue_bytes),
-            ("max_send_buffer", max_send_buffer),
-            ("keepalive_interval", keepalive_interval),
-            ("keepalive_timeout", keepalive_timeout),
-            ("handshake_timeout", handshake_timeout),
-            ("close_timeout", close_timeout),
+        """Change the app-wide WebSocket limits named; see ``Settings`` for each default.
+
+        Counts and sizes are positive ints, times positive seconds; ``None``
+        lifts a bound (all but ``close_timeout``).  Nothing changes unless
+        every value given is valid.
+        """
+        changes: dict[str, object] = {}
+        for name, value, integer in (
+            ("max_connections", max_connections, True),
+            ("max_queue", max_queue, True),
+            ("max_queue_bytes", max_queue_bytes, True),
+            ("max_send_buffer", max_send_buffer, True),
+            ("keepalive_interval", keepalive_interval, False),
+            ("keepalive_timeout", keepalive_timeout, False),
+            ("handshake_timeout", handshake_timeout, False),
+            ("close_timeout", close_timeout, False),
         ):
             if value is not _KEEP:
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                    raise ValueError(f"{name} must be a positive number or None, not {value!r}")
-                if value is None and name == "close_timeout":
-                    raise ValueError("close_timeout may not be None")
-                setattr(settings, name, value)
+                changes[name] = check_positive(name, value, integer=integer, optional=name != "close_timeout")
         if send_buffer_policy is not _KEEP:
             if send_buffer_policy not in ("close", "wait"):
                 raise ValueError(f"send_buffer_policy must be 'close' or 'wait', not {send_buffer_policy!r}")
-            settings.send_buffer_policy = str(send_buffer_policy)
-        self._reset_factories()
+            changes["send_buffer_policy"] = str(send_buffer_policy)
+        for name, value in changes.items():
+            setattr(self._settings, name, value)
+        self.apply_settings()
         return self
 
     def websocket_allowed_origins(self, origins: Iterable[str] | None) -> Crow:
         """Only pages from these origins may open WebSockets (403 otherwise); ``None``: any."""
         if origins is None:
-            self.settings.allowed_origins = None
+            self._settings.allowed_origins = None
         else:
             origins = tuple(origins)
             OriginPolicy(origins)  # malformed patterns fail here, not at request time
-            self.settings.allowed_origins = origins
+            self._settings.allowed_origins = origins
         return self
 
     def site(self) -> CrowSite:
         """A twisted.web ``Site`` serving ``resource()``, with the handshake deadline."""
-        return CrowSite(self.resource(), handshake_timeout=self.settings.handshake_timeout)
+        return CrowSite(self.resource(), handshake_timeout=self._settings.handshake_timeout)
 
     def port(self, port: int) -> Crow:
         """The port ``run`` listens on (Crow's ``app.port(18080)``)."""
@@ -238,9 +211,12 @@ class Crow:
         self._host = host
         return self
 
-    def _reset_factories(self) -> None:
-        for rule in self._ws_rules:
-            rule.reset_factory()
+    def apply_settings(self) -> None:
+        """Connections opened from now on use the current ``settings`` (open ones keep theirs).
+
+        The chained setters call this; call it after changing ``settings`` directly.
+        """
+        self._websockets.reset_factories()
 
     # Serving.
 
@@ -253,31 +229,25 @@ class Crow:
         if self._warned:
             return
         self._warned = True
-        if not self.settings.enforce_ws_spec and self._ws_rules:
+        if not self._settings.enforce_ws_spec and len(self._websockets):
             log.warn(
                 "accepting unmasked WebSocket client frames, as Crow does by default;"
                 " set enforce_ws_spec=True or CROWTWIST_ENFORCE_WS_SPEC=1 to enforce RFC 6455"
             )
 
     # Stopping: set by the service's stop (app.service(...), run's SIGTERM/Ctrl-C).
-    _stopping = False
 
     @property
     def stopping(self) -> bool:
         """Whether the app's service is stopping: WebSocket upgrades, pending ones included, get 503."""
-        return self._stopping
+        return self._websockets.stopping
 
-    def _begin_stopping(self) -> list[Deferred[None]]:
-        """Refuse upgrades from now on; those waiting for onaccept get 503 now.  Fires when they are gone."""
-        self._stopping = True
-        return [gone for rule in self._ws_rules for gone in rule.abandon_reservations()]
-
-    def connections(self) -> Iterator[Any]:
+    def connections(self) -> Iterator[Connection]:
         """Every open WebSocket connection of every rule."""
-        for rule in self._ws_rules:
+        for rule in self._websockets:
             yield from rule.connections
 
-    def close_all(self, code: int = 1001, reason: str = "going away") -> Deferred[None]:
+    def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "going away") -> Deferred[None]:
         """Close every open WebSocket and fire once each one's ``onclose`` has run.
 
         A peer that does not answer is dropped after ``settings.close_timeout``
@@ -294,7 +264,7 @@ class Crow:
             return succeed(None)
         log.info("closing {count} WebSocket connection(s): {code} {reason}", count=len(waits), code=code, reason=reason)
         done: Deferred[Any] = DeferredList(waits)
-        done.addTimeout(2 * self.settings.close_timeout + 1, reactor)
+        done.addTimeout(2 * self._settings.close_timeout + 1, reactor)
 
         def gave_up(failure: Any) -> None:
             failure.trap(TimeoutError, DeferredTimeoutError)
@@ -315,7 +285,7 @@ class Crow:
             endpoints = (f"tcp:{self._port}:interface={self._host}",)
         site = self.site()
         top = MultiService()
-        top.addService(_Closer(self))
+        top.addService(_Closer(self, self._websockets))
         for endpoint in endpoints:
             if isinstance(endpoint, str):
                 endpoint = serverFromString(reactor, endpoint)
@@ -358,18 +328,19 @@ class Crow:
 class _Closer(Service):
     """Closes every WebSocket with 1001 when the service stops, and waits for them."""
 
-    def __init__(self, app: Crow) -> None:
+    def __init__(self, app: Crow, websockets: RuleRegistry) -> None:
         self._app = app
+        self._websockets = websockets
 
     def startService(self) -> None:
         Service.startService(self)
-        self._app._stopping = False
+        self._websockets.resume()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         # No upgrade into a stopping server: new and pending ones get 503 from now on.
-        refused = self._app._begin_stopping()
-        closed = DeferredList([self._app.close_all(), *refused])
-        return closed.addCallback(lambda _: self._app._reset_factories())
+        refused = self._websockets.begin_stopping()
+        closed = DeferredList([self._app.close_all(CloseCode.GOING_AWAY), *refused])
+        return closed.addCallback(lambda _: self._websockets.reset_factories())
 
 

@@ -18,7 +18,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from ._app import DEFAULT_PORT, Crow
+from ._app import Crow
+from ._settings import DEFAULT_PORT, check_positive
 from .websocket._origin import OriginPolicy
 
 __all__ = ["Options", "load_app", "makeService"]
@@ -78,16 +79,18 @@ def _last_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}{where}"
 
 
-def _positive(name: str, value: str, kind: type = float, allow_none: bool = True) -> Any:
+def _positive(name: str, value: str, kind: type[int] | type[float] = float, allow_none: bool = True) -> Any:
+    """Option ``--name``'s ``value`` as a positive ``kind``; ``none``, ``off`` or ``0`` is ``None`` if allowed."""
     if allow_none and value.lower() in ("none", "off", "0"):
         return None
     try:
         number = kind(value)
     except ValueError:
         raise _fail(f"--{name} takes a number, not {value!r}") from None
-    if number <= 0:
-        raise _fail(f"--{name} must be positive, not {value!r}")
-    return number
+    try:
+        return check_positive(f"--{name}", number, integer=kind is int, optional=False)
+    except ValueError:
+        raise _fail(f"--{name} must be positive, not {value!r}") from None
 
 
 class Options(usage.Options):
@@ -189,7 +192,7 @@ def configure(app: Crow, options: Options) -> None:
             setattr(settings, attribute, options[option])
     if options["allowed-origin"]:
         settings.allowed_origins = tuple(options["allowed-origin"])
-    app._reset_factories()
+    app.apply_settings()
 
 
 def makeService(options: Options) -> IService:

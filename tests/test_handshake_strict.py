@@ -487,7 +487,7 @@ def test_cap_holds_while_onaccept_is_pending(serve: Any, cap: str) -> Iterator[A
         client.transport.write(raw_head("/slow"))
         clients.append(client)
     if cap == "app":
-        yield wait_until(lambda: rule._reserved() == 3)
+        yield wait_until(lambda: rule.occupied() == 3)
         refused = yield exchange(port, raw_head("/fast"))
         assert refused.status == 503
     replies = yield within(DeferredList([c.reply for c in clients], fireOnOneErrback=True))
@@ -496,7 +496,7 @@ def test_cap_holds_while_onaccept_is_pending(serve: Any, cap: str) -> Iterator[A
     yield wait_until(lambda: len(rule.connections) == 3)
     for client in clients:
         client.close()
-    yield wait_until(lambda: len(rule.connections) == 0 and rule._reserved() == 0)
+    yield wait_until(lambda: rule.occupied() == 0)
 
 
 @pytest_twisted.inlineCallbacks
@@ -553,7 +553,7 @@ def test_app_stopping_while_a_sync_onaccept_runs_is_503() -> None:
     app = Crow()
 
     def accept(request: Any) -> bool:
-        app._begin_stopping()
+        app._websockets.begin_stopping()
         return True
 
     app.route("/ws").websocket().onaccept(accept)

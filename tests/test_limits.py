@@ -12,9 +12,11 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from crowtwist import Connection, Crow
+from crowtwist import Connection, Crow, Settings, WebSocketRule
+from crowtwist._settings import check_positive
 from crowtwist.tap import Options, configure
 from crowtwist.websocket._origin import OriginPolicy
+from crowtwist.websocket._rule import RuleRegistry
 
 from . import frames as F
 from .clients import connect_raw, within
@@ -144,6 +146,81 @@ def test_limit_arguments_are_checked() -> None:
         Crow().websocket_limits(close_timeout=None)
     with pytest.raises(ValueError):
         Crow().route("/ws").websocket().max_connections(-1)
+
+
+def test_one_check_for_positive_numbers() -> None:
+    """check_positive passes positive finite numbers (ints where asked), None where optional, and names what failed."""
+    assert check_positive("n", 3, integer=True) == 3 and check_positive("t", 0.5) == 0.5
+    assert check_positive("n", None, integer=True) is None
+    for value in (0, -1, True, 1.5, "3", float("inf")):
+        with pytest.raises(ValueError, match=r"^n must be a positive int or None, not "):
+            check_positive("n", value, integer=True)
+    for value in (0.0, float("nan"), None):
+        with pytest.raises(ValueError, match=r"^t must be a positive number, not "):
+            check_positive("t", value, optional=False)
+
+
+def test_limits_are_checked_as_one_change() -> None:
+    """websocket_limits takes ints for counts and sizes, numbers for times, and changes nothing if one is bad."""
+    app = Crow()
+    with pytest.raises(ValueError, match="max_queue_bytes must be a positive int or None, not 2.5"):
+        app.websocket_limits(max_connections=4, max_queue_bytes=2.5)
+    with pytest.raises(ValueError, match="keepalive_interval"):
+        app.websocket_limits(max_connections=4, keepalive_interval=-1)
+    assert app.settings.max_connections is None
+    app.websocket_limits(max_connections=4, keepalive_interval=2, close_timeout=0.5)
+    assert (app.settings.max_connections, app.settings.keepalive_interval, app.settings.close_timeout) == (4, 2, 0.5)
+    rule = app.route("/ws").websocket().max_queue(3, 300)
+    with pytest.raises(ValueError, match=r"route '/ws': max_queue size must be a positive int or None, not 0"):
+        rule.max_queue(5, 0)
+    assert (rule.effective_max_queue, rule.effective_max_queue_bytes) == (3, 300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-queue", "1.5"], "--max-queue takes a number, not '1.5'"),
+        (["--max-queue", "-2"], "--max-queue must be positive, not '-2'"),
+        (["--close-timeout", "0"], "--close-timeout must be positive, not '0'"),
+        (["--keepalive-timeout", "nan"], "--keepalive-timeout must be positive, not 'nan'"),
+    ],
+)
+def test_twistd_numbers_go_through_the_same_check(args: list[str], message: str) -> None:
+    """twistd crow's numeric options are refused by the same check, in the command line's words."""
+    with pytest.raises(SystemExit, match=message):
+        Options().parseOptions(["--routes", "x", *args])
+
+
+def test_a_rule_needs_settings_and_a_registry_not_an_app() -> None:
+    """Rules made with one Settings and one RuleRegistry share the app-wide cap and the stopping flag."""
+    settings, registry = Settings(max_connections=1), RuleRegistry()
+    first = WebSocketRule("/a", settings, registry)
+    second = WebSocketRule("/b", settings, registry)
+    assert list(registry) == [first, second] and first.settings is settings
+    assert repr(registry) == "<RuleRegistry of 2 rule(s)>"
+    assert not hasattr(first, "app")
+    first.reserve_slot("pending")
+    assert (first.occupied(), registry.occupied()) == (1, 1)
+    assert first.over_capacity() and second.over_capacity()
+    first.release_slot("pending")
+    assert not second.over_capacity()
+    assert registry.begin_stopping() == [] and first.stopping and second.stopping
+    registry.resume()
+    assert not first.stopping
+
+
+def test_settings_changed_directly_apply_on_request() -> None:
+    """app.settings is the one Settings the rules read; apply_settings makes new connections use its changes."""
+    app = Crow()
+    rule = app.route("/ws").websocket()
+    assert rule.settings is app.settings
+    factory = rule.factory
+    app.settings.keepalive_interval = 7.0
+    assert rule.factory is factory
+    app.apply_settings()
+    assert rule.factory is not factory and rule.factory.autoPingInterval == 7.0
+    with pytest.raises(AttributeError):
+        app.settings = Settings()  # type: ignore[misc]
 
 
 def test_twistd_options_override_limits() -> None:

@@ -19,6 +19,24 @@ def test_public_names() -> None:
         assert hasattr(crowtwist, name)
 
 
+def test_close_codes_are_exported_under_both_names() -> None:
+    """CloseCode is public in crowtwist and crowtwist.websocket, with Crow's CloseStatusCode as its alias."""
+    from crowtwist import websocket
+
+    assert crowtwist.CloseCode is websocket.CloseCode is crowtwist.CloseStatusCode is websocket.CloseStatusCode
+    assert crowtwist.CloseCode.GOING_AWAY == crowtwist.CloseStatusCode.EndpointGoingAway == 1001
+    assert set(websocket.__all__) <= set(dir(websocket))
+
+
+def test_settings_live_in_their_own_module() -> None:
+    """crowtwist.Settings is the one in crowtwist._settings, with the defaults beside it."""
+    from crowtwist import _settings
+
+    assert crowtwist.Settings is _settings.Settings
+    defaults = (_settings.DEFAULT_PORT, _settings.DEFAULT_MAX_QUEUE, _settings.DEFAULT_MAX_QUEUE_BYTES)
+    assert defaults == (18080, 16, 1 << 20)
+
+
 def test_py_typed_is_shipped() -> None:
     """crowtwist ships a py.typed marker."""
     assert (ROOT / "crowtwist" / "py.typed").exists()

@@ -673,23 +673,23 @@ def test_pending_http_handler_is_cancelled_when_its_client_leaves(kind: str, log
     """A long-poll HTTP handler whose client disconnects is cancelled, and nothing is written
     to (or logged about) the gone request."""
     app = Crow()
-    cancelled: list[str] = []
-    started: list[bool] = []
+    started: Deferred[Any] = Deferred()
+    cancelled: Deferred[str] = Deferred()
 
     if kind == "deferred":
 
         def handler(request: Any) -> Deferred[str]:
-            started.append(True)
-            return Deferred(lambda _: cancelled.append(kind))
+            started.callback(request)
+            return Deferred(lambda _: cancelled.callback(kind))
 
     else:
 
         async def handler(request: Any) -> str:  # type: ignore[misc]
-            started.append(True)
+            started.callback(request)
             try:
                 await Deferred()
             except CancelledError:
-                cancelled.append(kind)
+                cancelled.callback(kind)
                 raise
             return "never"
 
@@ -698,11 +698,12 @@ def test_pending_http_handler_is_cancelled_when_its_client_leaves(kind: str, log
     try:
         raw = yield connect_raw(port.getHost().port)
         raw.transport.write(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
-        yield wait_until(lambda: bool(started))
+        request = yield within(started)
         raw.transport.loseConnection()
-        yield wait_until(lambda: bool(cancelled))
-        yield later(0.05)
-        assert cancelled == [kind] and not logs.failures()
+        assert (yield within(cancelled)) == kind
+        # One reactor turn, so that the cancelled handler's failure has gone where it goes.
+        yield deferLater(reactor, 0, lambda: None)  # type: ignore[arg-type]
+        assert request.channel is None and not request.finished and not logs.failures()
     finally:
         yield port.stopListening()
 

@@ -6,10 +6,14 @@ import warnings
 
 from autobahn.websocket import HAS_NVX, USES_NVX
 
+from ._close import CloseCode
 from ._connection import Connection
 from ._rule import ConnectionsView, WebSocketRule
 
-__all__ = ["Connection", "ConnectionsView", "WebSocketRule", "accelerated"]
+__all__ = ["CloseCode", "CloseStatusCode", "Connection", "ConnectionsView", "WebSocketRule", "accelerated"]
+
+CloseStatusCode = CloseCode
+"""Crow's name for the close codes (``crow::websocket::CloseStatusCode``); the same enum."""
 
 
 def accelerated() -> bool:

@@ -141,7 +141,7 @@ class _Glue(_Base):
             self._parser = FrameParser(
                 max_size=route.effective_max_payload, require_mask=route.settings.enforce_ws_spec
             )
-        route.opened(conn)
+        route.connection_opened(conn)
         self._events.push(route.open_handler, conn)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -163,7 +163,7 @@ class _Glue(_Base):
         # onclose back, and messages still queued are for nobody now.
         self._events.close()
         route = self._route
-        route.closed(conn)
+        route.connection_closed(conn)
         detach(conn)
         self._events.push(route.close_handler, conn, reason, code, essential=True)
         self._events.push(Handler.fitted(self._fire_closed, "onclose", 0), essential=True)

@@ -9,19 +9,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .._handlers import Handler
+from .._settings import Settings
 
-__all__ = ["RouteHandlers", "RouteSettings", "peer_host"]
-
-
-class RouteSettings(Protocol):
-    """The app-wide settings a connection reads."""
-
-    enforce_ws_spec: bool
-    max_send_buffer: int | None
-    send_buffer_policy: str
-    close_timeout: float
-    keepalive_interval: float | None
-    keepalive_timeout: float | None
+__all__ = ["RouteHandlers", "peer_host"]
 
 
 class RouteHandlers(Protocol):
@@ -34,7 +24,7 @@ class RouteHandlers(Protocol):
     close_handler: Handler | None
 
     @property
-    def settings(self) -> RouteSettings: ...
+    def settings(self) -> Settings: ...
     @property
     def effective_max_payload(self) -> int | None: ...
     @property
@@ -45,8 +35,8 @@ class RouteHandlers(Protocol):
     def effective_compression(self) -> bool: ...
     @property
     def connections(self) -> Any: ...
-    def opened(self, conn: Any) -> None: ...
-    def closed(self, conn: Any) -> None: ...
+    def connection_opened(self, conn: Any) -> None: ...
+    def connection_closed(self, conn: Any) -> None: ...
 
 
 def peer_host(address: object) -> str:

@@ -1,4 +1,8 @@
-"""``WebSocketRule``: what ``app.route(...).websocket()`` returns, with Crow's chained handlers."""
+"""``WebSocketRule``: what ``app.route(...).websocket()`` returns, with Crow's chained handlers.
+
+A rule knows its settings and its ``RuleRegistry`` (the app's rules, as each
+rule sees the others), never the app itself.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,15 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable, Iterator
 
 from .._handlers import Handler
+from .._settings import Settings, check_positive
 from ._connection import Connection
 from ._origin import OriginPolicy
+from ._factory import RuleFactory, build_factory
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from .._app import Crow, Settings
-    from ._factory import RuleFactory
-
-__all__ = ["ConnectionsView", "WebSocketRule"]
+__all__ = ["ConnectionsView", "RuleRegistry", "WebSocketRule"]
 
 _UNSET: Any = object()
 
@@ -45,16 +48,76 @@ class ConnectionsView:
         return f"<ConnectionsView of {len(self)} connection(s)>"
 
 
+class RuleRegistry:
+    """An app's WebSocket rules, and what each rule needs to know of the others.
+
+    The app makes one and hands it, with its ``Settings``, to every rule it
+    creates; a rule joins it when made.  Through it the rules count each
+    other's connections against the app-wide ``max_connections``, and learn
+    that the app is ``stopping``.
+    """
+
+    __slots__ = ("_rules", "_stopping")
+
+    def __init__(self) -> None:
+        self._rules: list[WebSocketRule] = []
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"<RuleRegistry of {len(self._rules)} rule(s)>"
+
+    def add(self, rule: WebSocketRule) -> None:
+        """``rule`` is one of the app's (``WebSocketRule`` adds itself when made)."""
+        self._rules.append(rule)
+
+    def __iter__(self) -> Iterator[WebSocketRule]:
+        return iter(tuple(self._rules))
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def occupied(self) -> int:
+        """Places taken under the app-wide cap: open connections and pending upgrades, of every rule."""
+        return sum(rule.occupied() for rule in self._rules)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the app is shutting down: every rule answers new upgrades with 503."""
+        return self._stopping
+
+    def begin_stopping(self) -> list[Deferred[None]]:
+        """Refuse upgrades from now on; those waiting for ``onaccept`` are refused now.
+
+        Returns Deferreds that fire once those connections are gone.
+        """
+        self._stopping = True
+        return [gone for rule in self._rules for gone in rule.abandon_reservations()]
+
+    def resume(self) -> None:
+        """Take upgrades again (the app's service started again)."""
+        self._stopping = False
+
+    def reset_factories(self) -> None:
+        """Every rule builds its next connections from the current settings (``reset_factory``)."""
+        for rule in self._rules:
+            rule.reset_factory()
+
+
 class WebSocketRule:
     """A WebSocket route: its handlers, its limits, and its open connections.
 
     Every method returns the rule, so calls chain as in Crow.  Used as a
     decorator (``@rule.onmessage``), a method likewise returns the rule.
+
+    Made by ``app.route(pattern).websocket()``: with the app's ``Settings``,
+    which the rule's own ones default to, and the app's ``RuleRegistry``,
+    which the rule joins.
     """
 
-    def __init__(self, app: Crow, pattern: str) -> None:
-        self.app = app
+    def __init__(self, pattern: str, settings: Settings, registry: RuleRegistry) -> None:
         self.pattern = pattern
+        self._settings = settings
+        self._registry = registry
         self.accept_handler: Handler | None = None
         self.open_handler: Handler | None = None
         self.message_handler: Handler | None = None
@@ -75,6 +138,7 @@ class WebSocketRule:
         self._open: dict[Connection, None] = {}
         self.connections = ConnectionsView(self._open)
         self._factory: RuleFactory | None = None
+        registry.add(self)
 
     def __repr__(self) -> str:
         return f"<WebSocketRule {self.pattern!r}>"
@@ -82,12 +146,12 @@ class WebSocketRule:
     @property
     def settings(self) -> Settings:
         """The app-wide settings this rule's own ones default to."""
-        return self.app.settings
+        return self._settings
 
     @property
     def stopping(self) -> bool:
         """Whether the app is shutting down (new upgrades get 503)."""
-        return self.app.stopping
+        return self._registry.stopping
 
     # Crow's chained handlers.
 
@@ -121,7 +185,7 @@ class WebSocketRule:
 
     def max_payload(self, size: int | None) -> WebSocketRule:
         """Bound a whole incoming message, after decompression (``None``: no bound)."""
-        self._max_payload = _check_payload(size)
+        self._max_payload = check_positive(f"route {self.pattern!r}: max_payload", size, integer=True)
         self.reset_factory()
         return self
 
@@ -155,8 +219,8 @@ class WebSocketRule:
         queue is down to a quarter; ``None`` lifts a bound.  Default: the app's.
         """
         for name, value in (("messages", messages), ("size", size)):
-            if value is not _UNSET and not _positive_int_or_none(value):
-                raise ValueError(f"route {self.pattern!r}: max_queue {name} must be a positive int or None")
+            if value is not _UNSET:
+                check_positive(f"route {self.pattern!r}: max_queue {name}", value, integer=True)
         if messages is not _UNSET:
             self._max_queue = messages
         if size is not _UNSET:
@@ -166,18 +230,16 @@ class WebSocketRule:
     @property
     def effective_max_queue(self) -> int | None:
         """Messages a connection of this route buffers behind a pending handler."""
-        return self.app.settings.max_queue if self._max_queue is _UNSET else self._max_queue
+        return self._settings.max_queue if self._max_queue is _UNSET else self._max_queue
 
     @property
     def effective_max_queue_bytes(self) -> int | None:
         """Bytes of messages a connection of this route buffers behind a pending handler."""
-        return self.app.settings.max_queue_bytes if self._max_queue_bytes is _UNSET else self._max_queue_bytes
+        return self._settings.max_queue_bytes if self._max_queue_bytes is _UNSET else self._max_queue_bytes
 
     def max_connections(self, count: int | None) -> WebSocketRule:
         """At most ``count`` open connections on this route; more get 503 (``None``: no cap)."""
-        if not _positive_int_or_none(count):
-            raise ValueError(f"route {self.pattern!r}: max_connections must be a positive int or None")
-        self._max_connections = count
+        self._max_connections = check_positive(f"route {self.pattern!r}: max_connections", count, integer=True)
         return self
 
     def allowed_origins(self, origins: Iterable[str] | None) -> WebSocketRule:
@@ -193,19 +255,20 @@ class WebSocketRule:
 
         Upgrades waiting for their ``onaccept`` hold a place (``reserve_slot``).
         """
-        if self._max_connections is not None and len(self._open) + self._reserved() >= self._max_connections:
+        if self._max_connections is not None and self.occupied() >= self._max_connections:
             return True
-        cap = self.app.settings.max_connections
-        return cap is not None and sum(len(rule._open) + rule._reserved() for rule in self.app.websocket_rules) >= cap
+        cap = self._settings.max_connections
+        return cap is not None and self._registry.occupied() >= cap
+
+    def occupied(self) -> int:
+        """Places taken under this route's cap: open connections and upgrades waiting for ``onaccept``."""
+        slots = self._slots
+        return len(self._open) + (0 if slots is None else len(slots))
 
     # Slot reservations: an upgrade between the cap check and its 101 (an
     # onaccept still running) counts as a connection.
 
     _slots: dict[Any, None] | None = None
-
-    def _reserved(self) -> int:
-        slots = self._slots
-        return 0 if slots is None else len(slots)
 
     def reserve_slot(self, holder: Any) -> None:
         """``holder`` (a pending upgrade, with an ``abandon()`` method) takes a place under the caps."""
@@ -232,7 +295,7 @@ class WebSocketRule:
 
     def origin_policy(self) -> OriginPolicy | None:
         """The origins this route accepts: its own list, else the app's, else any (``None``)."""
-        settings = self.app.settings
+        settings = self._settings
         origins = self._origins if self._origins is not None else settings.allowed_origins
         if origins is None:
             return None
@@ -247,14 +310,14 @@ class WebSocketRule:
     def effective_max_payload(self) -> int | None:
         """This route's message bound: its own if set, else the app's."""
         if self._max_payload is _UNSET:
-            return self.app.settings.websocket_max_payload
+            return self._settings.websocket_max_payload
         return self._max_payload
 
     @property
     def effective_compression(self) -> bool:
         """Whether this route accepts permessage-deflate."""
         if self._compression is None:
-            return self.app.settings.compression
+            return self._settings.compression
         return self._compression
 
     def choose_subprotocol(self, offered: Iterable[str]) -> str | None:
@@ -271,8 +334,6 @@ class WebSocketRule:
     def factory(self) -> RuleFactory:
         """The autobahn factory of this rule, built on first use from the current settings."""
         if self._factory is None:
-            from ._factory import build_factory
-
             self._factory = build_factory(self)
             self._factory.start()
         return self._factory
@@ -286,20 +347,10 @@ class WebSocketRule:
         if factory is not None:
             factory.stop()
 
-    def opened(self, conn: Connection) -> None:
-        """A connection of this rule opened."""
+    def connection_opened(self, conn: Connection) -> None:
+        """``conn`` is open: it joins ``connections`` and counts under the caps."""
         self._open[conn] = None
 
-    def closed(self, conn: Connection) -> None:
-        """A connection of this rule closed."""
+    def connection_closed(self, conn: Connection) -> None:
+        """``conn`` has closed: it leaves ``connections`` and gives its place back."""
         self._open.pop(conn, None)
-
-
-def _positive_int_or_none(value: object) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
-
-
-def _check_payload(size: int | None) -> int | None:
-    if not _positive_int_or_none(size):
-        raise ValueError(f"max_payload must be a positive int or None, not {size!r}")
-    return size
