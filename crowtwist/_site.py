@@ -31,6 +31,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ._headers import header_tokens, wants_upgrade
+from ._twisted import ChannelBase
 
 __all__ = ["CrowRequest", "CrowSite", "DeadlineChannel"]
 
@@ -65,8 +66,13 @@ class CrowRequest(Request):
         Request.requestReceived(self, command, path, version)
 
 
-class DeadlineChannel(HTTPChannel):
-    """An HTTP channel with an absolute deadline on each request head."""
+class DeadlineChannel(ChannelBase):
+    """An HTTP channel with an absolute deadline on each request head.
+
+    What it knows of the head being read (``handling_request`` and the rest)
+    comes from ``ChannelBase``: Twisted's private bookkeeping, or the same kept
+    by hand (``crowtwist/_twisted.py``).
+    """
 
     handshake_timeout: float | None = None
     _deadline: IDelayedCall | None = None
@@ -94,16 +100,18 @@ class DeadlineChannel(HTTPChannel):
             self.fast_upgrade = None
             if fast(self, data):
                 return
-        if self._deadline is None and not (self._head_done or self._handlingRequest or self._upgraded):
+        if self._deadline is None and not (self._head_done or self._upgraded or self.handling_request()):
             self._arm()  # the first byte of the next request on a kept-alive connection
-        HTTPChannel.dataReceived(self, data)
+        super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
-        HTTPChannel.allHeadersReceived(self)
-        # twisted.web (private): the request line's method and version, not yet on the request.
-        if self.requests and not wants_upgrade(self.requests[-1], self._command, self._version):
-            self._head_done = True
-            self._disarm()
+        super().allHeadersReceived()
+        if self.requests:
+            # The request line's method and version, not yet on the request.
+            method, version = self.head_method_and_version()
+            if not wants_upgrade(self.requests[-1], method, version):
+                self._head_done = True
+                self._disarm()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         # twisted.web splits Connection at spaces, so "Connection: close, Upgrade" kept the connection open.
@@ -120,26 +128,26 @@ class DeadlineChannel(HTTPChannel):
         self._over_limit()
 
     def lineReceived(self, line: bytes) -> None:
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+        if self.header_bytes_so_far() + len(line) > self.totalHeadersSize:
             self._over_limit()
             return
-        HTTPChannel.lineReceived(self, line)
+        super().lineReceived(line)
 
     def headerReceived(self, line: bytes) -> bool:
-        if self._receivedHeaderCount >= self.maxHeaders:
+        if self.header_fields_so_far() >= self.maxHeaders:
             self.refuse_head(431, "Request Header Fields Too Large", "too many header fields")
             return False
-        ok: bool = HTTPChannel.headerReceived(self, line)
+        ok: bool = super().headerReceived(line)
         return ok
 
     def _over_limit(self) -> None:
-        if getattr(self, "_HTTPChannel__first_line", 0):  # still reading the request line
+        if self.still_reading_request_line():
             self.refuse_head(414, "URI Too Long", "request line too long")
         else:
             self.refuse_head(431, "Request Header Fields Too Large", "header section too large")
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web's answer to every malformed head: an empty 400 and a close.
+    def malformed_head(self) -> None:
+        # Where ChannelBase can take twisted.web's answer over (an empty 400 and a close).
         self.refuse_head(400, "Bad Request", "malformed request")
 
     def refuse_head(self, code: int, phrase: str, why: str) -> None:
@@ -178,8 +186,9 @@ class DeadlineChannel(HTTPChannel):
         if transport.disconnecting:
             pass  # twisted.web is closing it already (a request that was not persistent)
         elif half_closeable:
-            producer: Any = self._networkProducer
-            producer.unregisterProducer()
+            # The channel registered itself as the transport's producer (twisted.web's
+            # _networkProducer is the transport itself when it is a push producer, as TCP's is).
+            transport.unregisterProducer()
             transport.loseWriteConnection()
             transport.resumeProducing()  # twisted.web may have paused reading for the request
         else:
@@ -223,7 +232,7 @@ class DeadlineChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         self._head_done = False
         self._disarm()
-        HTTPChannel.requestDone(self, request)
+        super().requestDone(request)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()

@@ -41,6 +41,7 @@ from .conftest import LogCapture
 from .memory import MemoryClient
 from .test_end_to_end import wait_until
 from .test_upgrade import Served, SlowSite
+from .twisted_paths import fast_paths_only
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 OTHER_KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -392,7 +393,12 @@ def test_absolute_form_target_is_routed_by_its_path(serve: Any, way: str) -> Ite
          b"431 Request Header Fields Too Large: header section too large\n"),
         (raw_head("/ws", *[f"X-{i}: a" for i in range(600)]), 431,
          b"431 Request Header Fields Too Large: too many header fields\n"),
-        (raw_head("/ws", "Upgrade : websocket"), 400, b"400 Bad Request: malformed request\n"),
+        pytest.param(
+            raw_head("/ws", "Upgrade : websocket"),
+            400,
+            b"400 Bad Request: malformed request\n",
+            marks=fast_paths_only("a malformed head gets twisted.web's own empty 400"),
+        ),
     ],
     ids=["request-line", "one-long-header", "header-section", "too-many-headers", "space-before-colon"],
 )

@@ -173,12 +173,26 @@ def test_refusal_is_logged_once(logs: LogCapture) -> None:
     assert len([e for e in logs.events if "not allowed" in formatEvent(e)]) == 1
 
 
-def test_frames_in_the_same_read_as_the_head_are_delivered() -> None:
-    """Frames a client sends right behind its head, before the 101, reach onmessage in order."""
+@pytest.mark.parametrize("way", ["fast", "twisted.web", "twisted.web-onaccept", "plain-site", "kept-alive"])
+def test_frames_in_the_same_read_as_the_head_are_delivered(way: str) -> None:
+    """Frames a client sends right behind its head, before the 101, reach onmessage in order, on every way in."""
     app = make_app()
-    served = Served(app.site(), head() + F.encode(F.TEXT, b"one") + F.encode(F.TEXT, b"two"))
-    assert served.taken_fast
-    frames, _ = F.decode_all(served.transport.value().partition(b"\r\n\r\n")[2])
+    app.route("/accepting").websocket().onaccept(lambda request: True).onmessage(
+        lambda conn, data, is_binary: conn.send_text(f"{conn.params}:{data}")
+    )
+    path = "/accepting" if way == "twisted.web-onaccept" else "/ws"
+    frames_after = head(path) + F.encode(F.TEXT, b"one") + F.encode(F.TEXT, b"two")
+    if way == "fast":
+        served = Served(app.site(), frames_after)
+    elif way == "plain-site":
+        served = Served(Site(app.resource()), frames_after)
+    elif way == "kept-alive":
+        served = Served(app.site(), b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n", frames_after)
+    else:
+        served = Served(SlowSite(app.resource()), frames_after)
+    assert served.taken_fast is (way == "fast")
+    answer = served.transport.value()
+    frames, _ = F.decode_all(answer[answer.index(b"101 Switching Protocols") :].partition(b"\r\n\r\n")[2])
     assert [f.payload for f in frames] == [b"():one", b"():two"]
 
 

@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .._handlers import as_deferred
 from .._headers import wants_upgrade
 from .._http import Response, write_response
+from .._peer import peer_host
 from .._site import DeadlineChannel
 from ._upgrade import OVER_CAPACITY, SHUTTING_DOWN, UpgradeHead, refusal, take_over
 
@@ -161,7 +162,7 @@ class WebSocketLeaf(WebSocketResource):
             "onaccept handler of WebSocket route {route} raised (peer {peer})",
             failure,
             route=self.rule.pattern,
-            peer=_client_host(request),
+            peer=peer_host(request.getClientAddress()),
         )
 
     def _take_over(self, request: Request) -> None:
@@ -175,21 +176,18 @@ class WebSocketLeaf(WebSocketResource):
             # twisted.web writes a 100 Continue for an Expect header on its own.
             fresh=isinstance(channel, DeadlineChannel) and not channel.wrote and not request.getHeader(b"expect"),
         )
-        # Bytes that came in the same read as the request head (a client that
-        # did not wait for the 101) are still on their way through the channel's
-        # line parser, which hands them to rawDataReceived once this returns.
-        channel.rawDataReceived = protocol.dataReceived
+        # Bytes that came in the same read as the request head (a client that did
+        # not wait for the 101) are still in the channel's line buffer: they are the
+        # new protocol's, handed over as the fast path hands them.
+        rest = channel.clearLineBuffer()
+        if rest:
+            protocol.dataReceived(rest)
 
 
 def _log_refusal(rule: WebSocketRule, request: Request, why: object) -> None:
     log.warn(
         "WebSocket upgrade to {route} refused for {peer}: {why}",
         route=rule.pattern,
-        peer=_client_host(request),
+        peer=peer_host(request.getClientAddress()),
         why=why,
     )
-
-
-def _client_host(request: Request) -> str:
-    client = request.getClientAddress()
-    return str(getattr(client, "host", client))

@@ -21,7 +21,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from collections.abc import Callable, Sequence
 
 from twisted.internet.interfaces import IPushProducer
@@ -37,10 +37,28 @@ from ._extensions import acceptable_offers, extension_error
 from ._protocol import CrowServerProtocol
 
 if TYPE_CHECKING:
-    from .._resource import Endpoint
     from ._rule import WebSocketRule
 
-__all__ = ["OVER_CAPACITY", "SHUTTING_DOWN", "Refusal", "UpgradeHead", "fast_upgrade", "refusal", "take_over"]
+__all__ = [
+    "OVER_CAPACITY",
+    "SHUTTING_DOWN",
+    "Refusal",
+    "UpgradeEndpoint",
+    "UpgradeHead",
+    "fast_upgrade",
+    "refusal",
+    "take_over",
+]
+
+
+class UpgradeEndpoint(Protocol):
+    """What the fast path needs from a route's endpoint (``_resource.Endpoint`` is one): its WebSocket rule."""
+
+    @property
+    def websocket(self) -> WebSocketRule | None: ...
+
+
+EndpointT = TypeVar("EndpointT", bound=UpgradeEndpoint)
 
 
 class UpgradeHead:
@@ -256,7 +274,7 @@ def _parse_head(data: bytes) -> tuple[UpgradeHead, bytes] | None:
     return UpgradeHead(b"GET", b"HTTP/1.1", path, lambda name: headers.get(name, empty)), data[end + 4 :]
 
 
-def _route(root: RouteNode[Endpoint], path: bytes) -> tuple[WebSocketRule, list[ParamValue]] | None:
+def _route(root: RouteNode[EndpointT], path: bytes) -> tuple[WebSocketRule, list[ParamValue]] | None:
     # The same segments RouteResource matches.
     segments = path_segments(path)
     if segments is None:
@@ -270,7 +288,7 @@ def _route(root: RouteNode[Endpoint], path: bytes) -> tuple[WebSocketRule, list[
     return None if rule is None else (rule, params)
 
 
-def fast_upgrade(root: RouteNode[Endpoint], channel: HTTPChannel, data: bytes) -> bool:
+def fast_upgrade(root: RouteNode[EndpointT], channel: HTTPChannel, data: bytes) -> bool:
     """Take ``channel`` over if ``data``, its first read, is an upgrade the fast path may accept.
 
     Returns whether it did; if not, nothing has been touched.
