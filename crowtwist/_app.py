@@ -7,13 +7,13 @@ import sys
 from typing import TYPE_CHECKING, Any, TypeVar
 from collections.abc import Callable, Iterable, Iterator
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 
 from ._http import HttpRule
+from ._twisted import listening_service
 from ._resource import Endpoint, RouteResource
 from ._routing import ParamType, RouteNode, parse_pattern
 from ._settings import DEFAULT_BINDADDR, DEFAULT_PORT, Settings, check_positive
@@ -289,11 +289,9 @@ class Crow:
         for endpoint in endpoints:
             if isinstance(endpoint, str):
                 endpoint = serverFromString(reactor, endpoint)
-            listener = StreamServerEndpointService(endpoint, site)
-            # Report a port that cannot be had from startService itself, not as
-            # an unhandled error in the log after the process claimed to start.
-            listener._raiseSynchronously = True
-            top.addService(listener)
+            # A port that cannot be had is reported by startService itself, not
+            # as an unhandled error in the log after the process claimed to start.
+            top.addService(listening_service(endpoint, site))
         return top
 
     def run(self, port: int | None = None, host: str | None = None) -> None:

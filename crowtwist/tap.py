@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from ._app import Crow
 from ._settings import DEFAULT_PORT, check_positive
+from ._twisted import forget_exit_signal
 from .websocket._origin import OriginPolicy
 
 __all__ = ["Options", "load_app", "makeService"]
@@ -236,6 +237,4 @@ class _TwistdService(MultiService):
 def _clean_exit(_: object) -> None:
     from twisted.internet import reactor
 
-    if getattr(reactor, "_exitSignal", None) is not None:
-        # _ISupportsExitSignalCapturing: the signal twistd would re-raise at exit.
-        cast(Any, reactor)._exitSignal = None
+    forget_exit_signal(reactor)

@@ -126,10 +126,10 @@ def test_pending_onaccept_is_cancelled_when_its_client_leaves(kind: str, way: st
             yield client.until(lambda data: data.endswith(b"page\n"))
         client.transport.write(HEAD)
         yield within(accept.started)
-        assert rule._reserved() == 1
+        assert rule.occupied() == 1
         client.transport.loseConnection()
         assert (yield within(accept.cancelled)) == kind
-        assert rule._reserved() == 0 and len(rule.connections) == 0
+        assert rule.occupied() == 0 and len(rule.connections) == 0
 
         # The place is free: the next upgrade (accepted at once) opens under the cap of 1.
         again = yield connect(port.getHost().port)
@@ -158,10 +158,10 @@ def test_pending_onaccept_is_cancelled_when_the_head_deadline_cuts_the_connectio
         client = yield connect(port.getHost().port)
         client.transport.write(HEAD)
         yield within(accept.started)
-        assert rule._reserved() == 1
+        assert rule.occupied() == 1
         assert (yield within(accept.cancelled)) == kind
         yield within(client.lost)
-        assert client.data == b"" and rule._reserved() == 0
+        assert client.data == b"" and rule.occupied() == 0
         assert not logs.failures()
     finally:
         yield port.stopListening()

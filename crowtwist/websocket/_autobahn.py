@@ -190,6 +190,7 @@ if not FAST:
     log.warn(
         "autobahn {version}: {problems}; crowtwist runs on autobahn's public paths (slower)",
         version=metadata.version("autobahn"),
+        seam="autobahn",
         problems="; ".join(PROBLEMS),
     )
 

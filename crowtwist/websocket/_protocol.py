@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._handlers import Handler
+from .._peer import peer_host
 from .._routing import ParamValue
 from ._autobahn import FAST, FastProtocol
 from ._close import CloseCode
@@ -36,7 +37,7 @@ from ._extensions import deflate_acceptor, offered_client_bits
 from ._frames import Frame, FrameParser, MessageAssembler, Opcode, ProtocolError, data_header
 from ._outgoing import HOLD_BELOW, Outgoing
 from ._public import PublicProtocol
-from ._route import RouteHandlers, peer_host
+from ._route import RouteHandlers
 
 __all__ = ["CrowServerProtocol", "PublicCrowProtocol", "protocol_base"]
 

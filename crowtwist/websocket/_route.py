@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from .._handlers import Handler
 from .._settings import Settings
 
-__all__ = ["RouteHandlers", "peer_host"]
+__all__ = ["RouteHandlers"]
 
 
 class RouteHandlers(Protocol):
@@ -37,12 +37,3 @@ class RouteHandlers(Protocol):
     def connections(self) -> Any: ...
     def connection_opened(self, conn: Any) -> None: ...
     def connection_closed(self, conn: Any) -> None: ...
-
-
-def peer_host(address: object) -> str:
-    """The host of a peer address: an IP, a UNIX socket's path, or ``""`` when unknown."""
-    host = getattr(address, "host", None)
-    if host is not None:
-        return str(host)
-    name = getattr(address, "name", None)
-    return "" if name is None else str(name)

@@ -34,7 +34,7 @@ from .._http import Response
 from .._routing import ParamValue, RouteNode, path_segments
 from .._site import DeadlineChannel
 from ._extensions import acceptable_offers, extension_error
-from ._protocol import CrowServerProtocol
+from ._protocol import CrowServerProtocol, PublicCrowProtocol
 
 if TYPE_CHECKING:
     from ._rule import WebSocketRule
@@ -193,7 +193,7 @@ def take_over(
     params: Sequence[ParamValue],
     userdata: object,
     fresh: bool,
-) -> CrowServerProtocol:
+) -> CrowServerProtocol | PublicCrowProtocol:
     """Move ``channel``'s transport to a new protocol of ``rule`` and answer 101.
 
     ``fresh``: nothing was written on the connection before, so the 101 may
