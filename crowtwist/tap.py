@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any, cast
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred

@@ -231,7 +231,9 @@ class Outgoing:
         self._backlog_size += len(data)
         self._owing_more()
         limit = self._limit
-        if limit is not None and self._backlog_size > limit and not self._over_limit:
+        # What waited before this frame is what the peer is behind by: one
+        # message larger than the bound, sent while writable, is not a slow peer.
+        if limit is not None and self._backlog_size - len(data) > limit and not self._over_limit:
             self._over_limit = True  # what is sent next (a close frame) lands here too
             if self._on_over_limit is not None:
                 self._on_over_limit(self._backlog_size)
