@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 
 from crowtwist import Crow
 from crowtwist.websocket import _frames as frames_module
+from crowtwist.websocket import _masking
 
 from . import frames as F
 from .memory import MemoryClient
@@ -37,7 +38,7 @@ def echo_app(**kwargs: Any) -> tuple[Crow, list[tuple[str | bytes, bool]]]:
 def unmasking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with the C helper and again with the pure-Python fallback."""
     if request.param == "python":
-        monkeypatch.setattr(frames_module, "unmask", frames_module._unmask_python)
+        monkeypatch.setattr(frames_module, "unmask", _masking._unmask_python)
     return str(request.param)
 
 

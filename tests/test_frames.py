@@ -16,12 +16,12 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode as WsOpcode
 from websockets.streams import StreamReader
 
-from crowtwist.websocket import _frames
+from crowtwist.websocket import _frames, _masking
 from crowtwist.websocket._close import CloseCode
+from crowtwist.websocket._messages import MessageAssembler
 from crowtwist.websocket._frames import (
     Frame,
     FrameParser,
-    MessageAssembler,
     Opcode,
     ProtocolError,
     encode_frame,
@@ -349,12 +349,12 @@ def test_feeding_what_is_needed_makes_progress(sent: list[tuple[Frame, bytes | N
 @pytest.mark.parametrize("unmasking", ["C", "python", "big-integer"])
 def test_large_frame_in_small_pieces(unmasking: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a large frame's header is in, ``needed`` is exactly its rest: a caller skips each piece until it is whole."""
-    if unmasking == "C" and _frames._unmask_c is None:
+    if unmasking == "C" and _masking._unmask_c is None:
         pytest.skip("the C helper is not built")
     if unmasking != "C":
-        monkeypatch.setattr(_frames, "unmask", _frames._unmask_python)
+        monkeypatch.setattr(_frames, "unmask", _masking._unmask_python)
     if unmasking == "big-integer":
-        monkeypatch.setattr(_frames, "_native_masker", None)
+        monkeypatch.setattr(_masking, "_native_masker", None)
     payload = os.urandom(1 << 20)
     follow = encode_frame(Opcode.TEXT, b"after", mask=KEY)
     wire = encode_frame(Opcode.BINARY, payload, mask=KEY) + follow
@@ -649,10 +649,10 @@ def test_parser_and_assembler_with_interleaved_control_frames() -> None:
 # Unmasking: every implementation against the definition.
 
 UNMASKERS: dict[str, Callable[[bytes, int, int, bytes], bytes] | None] = {
-    "C": _frames._unmask_c,
-    "NVX": _frames._unmask_nvx if _frames._native_masker is not None else None,
-    "big-integer": _frames._unmask_int,
-    "python": _frames._unmask_python,
+    "C": _masking._unmask_c,
+    "NVX": _masking._unmask_nvx if _masking._native_masker is not None else None,
+    "big-integer": _masking._unmask_int,
+    "python": _masking._unmask_python,
 }
 
 
@@ -674,10 +674,10 @@ def test_unmask_matches_the_definition(name: str) -> None:
 
 def test_unmask_is_the_c_helper_when_built() -> None:
     """The module's ``unmask`` is the C helper when it was compiled, and refuses bad keys and bounds either way."""
-    if _frames._unmask_c is not None:
-        assert unmask is _frames._unmask_c
+    if _masking._unmask_c is not None:
+        assert unmask is _masking._unmask_c
     else:
-        assert unmask is _frames._unmask_python
+        assert unmask is _masking._unmask_python
     for args in ((b"abc", 0, 4, b"keyk"), (b"abc", 0, 3, b"key")):
         with pytest.raises(ValueError):
             unmask(*args)
@@ -685,6 +685,6 @@ def test_unmask_is_the_c_helper_when_built() -> None:
 
 def test_python_fallback_without_nvx(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without autobahn's NVX the fallback unmasks large payloads by big-integer XOR, with the same result."""
-    monkeypatch.setattr(_frames, "_native_masker", None)
+    monkeypatch.setattr(_masking, "_native_masker", None)
     payload = os.urandom(5000)
-    assert _frames._unmask_python(payload, 0, 5000, KEY) == reference_xor(payload, KEY)
+    assert _masking._unmask_python(payload, 0, 5000, KEY) == reference_xor(payload, KEY)

@@ -1,16 +1,15 @@
 """WebSocket frames (RFC 6455 section 5), sans-I/O: bytes in, frames out.
 
 ``FrameParser`` turns the bytes read from a connection into ``Frame`` tuples and
-enforces the framing rules (section 5.2 and 5.5); ``MessageAssembler`` turns data
-frames into messages and enforces what spans frames: continuation sequencing,
-the message size limit and UTF-8 (sections 5.4, 5.6, 8.1).  Neither does I/O,
+enforces the framing rules (section 5.2 and 5.5); ``_messages.MessageAssembler``
+turns data frames into messages and enforces what spans frames: continuation
+sequencing, the message size limit and UTF-8 (sections 5.4, 5.6, 8.1).  Neither does I/O,
 calls a handler or knows about Twisted or autobahn's protocol state, so the
 protocol decides what a ``ProtocolError`` does (fail the connection with its
 code) and the rules can be tested byte for byte.
 
-This module is also the one place the unmasking implementation is chosen
-(``unmask``): the C helper when it was compiled, else a Python fallback that
-uses autobahn's native (NVX) masker for large payloads.
+Payloads are unmasked with ``_masking.unmask``, the one place its
+implementation is chosen (the C helper, else a Python fallback).
 
 How the rules compare with the two other implementations at hand:
 
@@ -29,22 +28,18 @@ How the rules compare with the two other implementations at hand:
 
 from __future__ import annotations
 
-import codecs
 import functools
 import struct
-from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from autobahn.websocket import USES_NVX
-from autobahn.websocket import xormasker
 
 from ._close import CloseCode
+from ._masking import unmask
 
 __all__ = [
     "Frame",
     "FrameParser",
-    "MessageAssembler",
     "Opcode",
     "ProtocolError",
     "encode_frame",
@@ -92,56 +87,6 @@ class ProtocolError(Exception):
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.code!r}, {self.message!r})"
-
-
-# Unmasking.
-
-
-def _unmask_int(data: bytes, start: int, end: int, key: bytes) -> bytes:
-    """``data[start:end]`` XOR ``key`` as one big-integer XOR: pure Python, fastest below ~2 KiB."""
-    length = end - start
-    if not length:
-        return b""
-    mask = (key * ((length + 3) >> 2))[:length]
-    return (int.from_bytes(data[start:end], "little") ^ int.from_bytes(mask, "little")).to_bytes(length, "little")
-
-
-def _unmask_nvx(data: bytes, start: int, end: int, key: bytes) -> bytes:
-    """``data[start:end]`` XOR ``key`` with autobahn's native (NVX, cffi) masker."""
-    assert _native_masker is not None
-    return bytes(_native_masker(key, end - start).process(data[start:end]))
-
-
-def _unmask_python(data: bytes, start: int, end: int, key: bytes) -> bytes:
-    """``data[start:end]`` XOR the repeated 4-byte ``key`` (RFC 6455 5.3), without the C helper."""
-    if len(key) != 4:
-        raise ValueError("the mask key must be 4 bytes")
-    if not 0 <= start <= end <= len(data):
-        raise ValueError("start and end must lie within data")
-    if end - start >= _NATIVE_FROM and _native_masker is not None:
-        return _unmask_nvx(data, start, end, key)
-    return _unmask_int(data, start, end, key)
-
-
-# Without the C helper: autobahn's native (NVX) masker costs ~4 us to set up,
-# then runs at memory speed; one big-integer XOR is faster below ~2 KiB.
-_NATIVE_FROM = 2048
-_native_masker: Callable[[bytes, int], Any] | None = (
-    getattr(xormasker, "create_xor_masker") if USES_NVX else None  # defined per backend, not re-exported
-)
-
-_unmask_c: Callable[[bytes, int, int, bytes], bytes] | None
-try:
-    from .._speedups import unmask as _unmask_c
-except ImportError:  # not compiled (setup.py marks it optional)
-    _unmask_c = None
-
-unmask: Callable[[bytes, int, int, bytes], bytes] = _unmask_c if _unmask_c is not None else _unmask_python
-"""``data[start:end]`` XOR the repeated 4-byte ``key`` (RFC 6455 section 5.3).
-
-Masking and unmasking are the same operation.  The C helper when it was built
-(it reads the slice in place), else ``_unmask_python``.
-"""
 
 
 # Encoding.
@@ -497,103 +442,6 @@ class FrameParser:
         self._pending -= need - have
         self._data = b"".join(parts)
         self._pos = 0
-
-
-# Messages.
-
-_utf8_decoder = codecs.getincrementaldecoder("utf-8")
-
-
-class MessageAssembler:
-    """Messages from data frames, with the rules that span frames.
-
-    ``add`` takes each TEXT, BINARY or CONTINUATION frame in order (already
-    unmasked, and with any extension's transformation undone: ``rsv`` must be
-    0) and returns ``(message, is_binary)`` for the frame that completes one,
-    text as ``str`` and binary as ``bytes``.  Raises ``ProtocolError``: 1002
-    for a continuation frame outside a fragmented message or a new message
-    inside one, 1009 once the message exceeds ``max_size``, and 1007 for
-    invalid UTF-8 at the fragment that holds the first byte making it invalid
-    (RFC 6455 8.1's fail-fast), or at the last one if the text ends mid-character.
-    """
-
-    __slots__ = ("_limit", "_parts", "_size", "_binary", "_decoder", "in_message")
-
-    def __init__(self, *, max_size: int | None = None) -> None:
-        self._limit = _NO_LIMIT if max_size is None else max_size
-        self._parts: list[Any] = []
-        self._size = 0
-        self._binary = False
-        self._decoder: codecs.IncrementalDecoder | None = None
-        self.in_message = False
-        """Whether a fragmented message has begun and not ended."""
-
-    def add(self, frame: Frame) -> tuple[str | bytes, bool] | None:
-        """Add a data frame; the message it completes and whether it is binary, or ``None``."""
-        opcode, payload, fin, rsv = frame
-        if opcode > 7:
-            raise ValueError("control frames are not part of messages")
-        if rsv:
-            raise ValueError("frames with RSV bits must be decoded by their extension first")
-        if opcode:
-            if self.in_message:
-                raise ProtocolError(
-                    _PROTOCOL_ERROR, "received non-continuation data frame while inside fragmented message"
-                )
-            if len(payload) > self._limit:
-                raise self._too_big(len(payload))
-            if fin:  # a whole message in one frame: the common case
-                if opcode == 2:
-                    return payload, True
-                try:
-                    return payload.decode("utf-8"), False
-                except UnicodeDecodeError:
-                    raise _invalid_utf8() from None
-            self.in_message = True
-            self._size = len(payload)
-            self._parts = []
-            self._binary = binary = opcode == 2
-            if not binary:
-                self._decoder = _utf8_decoder()
-        else:
-            if not self.in_message:
-                raise ProtocolError(_PROTOCOL_ERROR, "received continuation data frame outside fragmented message")
-            self._size += len(payload)
-            if self._size > self._limit:
-                raise self._too_big(self._size)
-        decoder = self._decoder
-        if decoder is None:
-            self._parts.append(payload)
-        else:
-            try:
-                self._parts.append(decoder.decode(payload, fin))
-            except UnicodeDecodeError:
-                raise _invalid_utf8() from None
-            if not fin:
-                # CPython's decoder waits for a third byte before it rejects
-                # ED A0..BF (the start of a UTF-16 surrogate), the one
-                # invalid prefix it does not reject as soon as it sees it.
-                held = decoder.getstate()[0]
-                if len(held) > 1 and held[0] == 0xED and held[1] > 0x9F:
-                    raise _invalid_utf8()
-        if not fin:
-            return None
-        parts = self._parts
-        self._parts = []
-        self._decoder = None
-        self.in_message = False
-        if self._binary:
-            return b"".join(parts), True
-        return "".join(parts), False
-
-    def _too_big(self, size: int) -> ProtocolError:
-        return ProtocolError(
-            CloseCode.MESSAGE_TOO_BIG, f"message of {size} bytes exceeds the limit of {self._limit} bytes"
-        )
-
-
-def _invalid_utf8() -> ProtocolError:
-    return ProtocolError(CloseCode.INVALID_DATA, "encountered invalid UTF-8 in text message")
 
 
 def data_header(is_binary: bool, length: int) -> bytes:
