@@ -76,3 +76,39 @@ def test_wheel_in_fresh_venv(tmp_path: Path) -> None:
         output = server.finish()
         assert server.process.returncode == 0, output
         assert str(env_dir) in output  # the installed copy ran, not this working tree
+
+
+def _declared_bounds() -> dict[str, tuple[str, str | None]]:
+    """setup.cfg's (floor, ceiling) for Twisted and autobahn."""
+    import configparser
+    import re
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    bounds: dict[str, tuple[str, str | None]] = {}
+    for line in config["options"]["install_requires"].splitlines():
+        found = re.match(r"(twisted|autobahn)(?:\[\w+\])?>=([\d.]+)(?:,<=([\d.]+))?", line.strip())
+        if found:
+            bounds[found.group(1)] = (found.group(2), found.group(3))
+    return bounds
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """26.4 and 26.4.0 alike."""
+    parts = [int(part) for part in text.split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def test_the_suite_runs_at_a_declared_bound() -> None:
+    """This run uses setup.cfg's ceilings (the README's install) or, under ci/test-floors, its floors."""
+    from importlib.metadata import version
+
+    bounds = _declared_bounds()
+    assert set(bounds) == {"twisted", "autobahn"} and all(ceiling for _, ceiling in bounds.values())
+    at_floors = os.environ.get("CROWTWIST_FLOORS") == "1"
+    for name, (floor, ceiling) in bounds.items():
+        expected = floor if at_floors else ceiling
+        installed = version(name)
+        assert _release(installed) == _release(expected or ""), (
+            f"{name} {installed} installed; setup.cfg's {'floor' if at_floors else 'ceiling'} is {expected}"
+        )
