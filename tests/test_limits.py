@@ -436,7 +436,8 @@ def test_backlog_while_the_transport_is_paused() -> None:
 
 
 def test_backlog_over_the_bound_closes_after_what_was_sent() -> None:
-    """Past max_send_buffer the 1008 close frame queues behind the held frames; a clean close flushes them."""
+    """A frame sent while the peer owes more than max_send_buffer is queued, then the 1008 close
+    frame behind it; a clean close flushes them all."""
     app = Crow().websocket_limits(max_send_buffer=1000, keepalive_interval=None)
     closes: list[int] = []
     app.route("/ws").websocket().onclose(lambda conn, reason, code: closes.append(code))
@@ -444,12 +445,13 @@ def test_backlog_over_the_bound_closes_after_what_was_sent() -> None:
     conn = client.protocol.conn
     client.transport.producer.pauseProducing()
     for _ in range(3):
-        conn.send_binary(b"y" * 400)
+        conn.send_binary(b"y" * 400)  # 1206 bytes held: over the bound, but nothing sent behind them yet
+    conn.send_binary(b"over")  # the peer owes 1206 bytes before this one: the close follows it
     conn.send_binary(b"late")  # after the close began: dropped, as for any closing connection
     assert client.received() == []
     client.transport.producer.resumeProducing()
     frames = client.received()
-    assert [f.opcode for f in frames] == [F.BINARY] * 3 + [F.CLOSE]
+    assert [f.opcode for f in frames] == [F.BINARY] * 4 + [F.CLOSE]
     assert frames[-1].close_code == 1008
     client.finish_close()
     assert closes == [1008]
