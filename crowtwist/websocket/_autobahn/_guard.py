@@ -84,6 +84,7 @@ _REQUIRED: list[tuple[type, str, tuple[str, ...] | None]] = [
     (_P, "_closeConnection", ("self", "abort")),
     (_P, "_parseExtensionsHeader", ("self", "header", "removeQuotes")),
     (_P, "_sendAutoPing", ("self",)),
+    (_P, "_cancelAutoPingTimeoutCall", ("self",)),
     (_P, "succeedHandshake", ("self", "res")),
     (_P, "sendData", ("self", "data", "sync", "chopsize")),
     (_P, "sendCloseFrame", ("self", "code", "reasonUtf8", "isReply")),
