@@ -784,3 +784,53 @@ def test_close_is_bounded_when_the_peer_reads_nothing_more(serve: Any) -> Iterat
     assert rec.named("close")[0][1] == 1000 and cancelled == [True]
     assert len(rec.rule.connections) == 0
     raw.transport.abortConnection()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(bytes((0xC1, 0x80)) + b"\0\0\0\0", id="rsv-bit-1002"),
+        pytest.param(F.encode(F.TEXT, b"\xc3\x28"), id="bad-utf8-1007"),
+        pytest.param(bytes((0x82, 0xFF)) + (17 << 20).to_bytes(8, "big") + b"\0\0\0\0", id="too-big-1009"),
+    ],
+)
+@pytest_twisted.inlineCallbacks
+def test_a_failed_connection_delivers_its_replies_and_close_frame(serve: Any, bad: bytes) -> Iterator[Any]:
+    """Failing a connection while the peer still sends: every reply already sent, then the close
+    frame, reach the peer (no reset that would destroy them), as websockets' server does."""
+    app = Crow().websocket_max_payload(16 << 20)
+    app.route("/ws").websocket().onmessage(
+        lambda conn, data, is_binary: conn.send_binary(data) if is_binary else conn.send_text(data)
+    )
+    port = serve(app)
+    expected_code = {0xC1: 1002, 0x81: 1007, 0x82: 1009}[bad[0]]
+
+    def client() -> tuple[list[Any], int | None]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(F.handshake("/ws"))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096)
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            try:
+                sock.sendall(
+                    F.encode(F.TEXT, b"hello") + F.encode(F.BINARY, b"b" * 70_000) + bad + b"\x00" * 300_000
+                )
+            except OSError:
+                pass  # the server may stop reading once it failed the connection
+            data = rest
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    return [], None
+                if not chunk:
+                    break
+                data += chunk
+        frames, _ = F.decode_all(data)
+        return frames, frames[-1].close_code if frames and frames[-1].opcode == F.CLOSE else None
+
+    frames, code = yield within(deferToThread(client), 30)
+    assert [f.opcode for f in frames] == [F.TEXT, F.BINARY, F.CLOSE]
+    assert frames[1].payload == b"b" * 70_000
+    assert code == expected_code

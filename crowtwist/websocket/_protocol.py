@@ -161,6 +161,10 @@ class _Glue(_Base):
             return
         self._close_reported = True
         code, reason = self.close_outcome(wasClean, code, reason)
+        try:
+            code = CloseCode(code)  # one type for onclose: the enum where the code has a name
+        except ValueError:  # 3000-4999, the application's own
+            pass
         # A handler still pending (a Deferred that may never fire) must not hold
         # onclose back, and messages still queued are for nobody now.
         self._events.close()

@@ -13,6 +13,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import tcp
 
 from .._close import CloseCode, CloseFrameError, parse_close
 
@@ -41,16 +42,29 @@ class ClosingProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
 
     def fail(self, code: int, reason: str) -> None:
-        """Fail the connection (RFC 6455 7.1.7): a close frame saying why, then the TCP close.
+        """Fail the connection (RFC 6455 7.1.7): a close frame saying why, then our side's TCP close.
 
-        Nothing more is read from the peer, its close frame included.
+        Nothing more the peer sends is processed, its close frame included;
+        it is read and discarded until the peer closes, or the close timeout
+        (autobahn's close handshake timeout) aborts.  Closing the socket at
+        once would have the kernel answer unread input with a reset, which
+        can destroy the close frame, and replies sent before it, on their
+        way to the peer (websockets also half-closes and drains).
         """
         self.failedByMe = True
         self.wasClean = False
         self.wasNotCleanReason = reason
         if self.state == _OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
-        self.dropConnection(abort=False)
+        transport = self.transport
+        if isinstance(transport, tcp.Connection):
+            self.flush_outgoing()
+            # A registered pull producer would be asked for more instead of the
+            # FIN being sent: nothing more is produced here.
+            transport.unregisterProducer()
+            transport.loseWriteConnection()  # a FIN after what is written, once it is out
+        elif self.closeHandshakeTimeoutCall is None:
+            self.dropConnection(abort=False)  # no timeout to bound the wait
 
     def failed(self) -> bool:
         return bool(self.failedByMe)
