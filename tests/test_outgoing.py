@@ -31,19 +31,15 @@ class FakeSocket:
         return len(taken)
 
 
-class FakeTCP(tcp.Connection):
-    """A plain TCP transport without a reactor: buffers writes, holds one producer."""
+class FakeTLS:
+    """Any transport but plain TCP (TLS, say): buffers writes, holds one producer."""
 
-    def __init__(self, sock: FakeSocket) -> None:  # tcp.Connection's own needs a reactor
-        self.sock = sock
+    def __init__(self) -> None:
         self.buffer: list[bytes] = []
         self.producer: Any = None
         self.streaming: bool | None = None
         self.disconnecting = False
         self.connected = True
-
-    def getHandle(self) -> Any:
-        return self.sock
 
     def write(self, data: bytes) -> None:
         self.buffer.append(data)
@@ -58,23 +54,15 @@ class FakeTCP(tcp.Connection):
         self.producer = None
 
 
-class FakeTLS:
-    """Any other transport (TLS, say): writes are buffered, the producer is a push producer."""
+class FakeTCP(FakeTLS, tcp.Connection):  # type: ignore[misc]  # tcp.Connection for isinstance only
+    """A plain TCP transport without a reactor, whose socket frames may go to directly."""
 
-    def __init__(self) -> None:
-        self.buffer: list[bytes] = []
-        self.producer: Any = None
-        self.streaming: bool | None = None
-        self.disconnecting = False
+    def __init__(self, sock: FakeSocket) -> None:  # tcp.Connection's own needs a reactor
+        FakeTLS.__init__(self)
+        self.sock = sock
 
-    def write(self, data: bytes) -> None:
-        self.buffer.append(data)
-
-    def writeSequence(self, data: Any) -> None:
-        self.buffer.extend(data)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer, self.streaming = producer, streaming
+    def getHandle(self) -> Any:
+        return self.sock
 
 
 def flow(transport: Any, limit: int | None = None, fresh: bool = True) -> tuple[Outgoing, list[bool], list[int]]:

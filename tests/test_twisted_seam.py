@@ -365,9 +365,8 @@ def _deadlines(clock: Clock) -> int:
     return sum(1 for call in clock.getDelayedCalls() if getattr(call.func, "__name__", "") == "_expired")
 
 
-def test_no_head_deadline_while_a_request_is_answered_then_one_for_the_next_head() -> None:
-    """Bytes of a next request, sent while the first waits for its answer, start no deadline (they are
-    buffered); once the first is answered, the next head is under one, and cut at it."""
+def _later_site() -> tuple[list[Deferred[str]], Clock, StringTransport, Any]:
+    """A channel of a CrowSite (5 s head deadline) whose /later answers when the test says."""
     later: list[Deferred[str]] = []
     app = Crow()
     app.route("/later")(lambda request: later.append(Deferred()) or later[-1])
@@ -376,6 +375,13 @@ def test_no_head_deadline_while_a_request_is_answered_then_one_for_the_next_head
     transport = StringTransport()
     channel = site.buildProtocol(None)
     channel.makeConnection(transport)
+    return later, clock, transport, channel
+
+
+def test_no_head_deadline_while_a_request_is_answered_then_one_for_the_next_head() -> None:
+    """Bytes of a next request, sent while the first waits for its answer, start no deadline (they are
+    buffered); once the first is answered, the next head is under one, and cut at it."""
+    later, clock, transport, channel = _later_site()
     channel.dataReceived(b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n")
     channel.dataReceived(b"GET /later HTTP/1.1\r\n")
     assert _deadlines(clock) == 0 and len(later) == 1
@@ -389,14 +395,7 @@ def test_no_head_deadline_while_a_request_is_answered_then_one_for_the_next_head
 
 def test_a_closing_connection_gets_no_new_head_deadline() -> None:
     """After the answer to a Connection: close request, what the client still sends starts no deadline."""
-    later: list[Deferred[str]] = []
-    app = Crow()
-    app.route("/later")(lambda request: later.append(Deferred()) or later[-1])
-    clock = Clock()
-    site = CrowSite(app.resource(), handshake_timeout=5, reactor=clock)
-    transport = StringTransport()
-    channel = site.buildProtocol(None)
-    channel.makeConnection(transport)
+    later, clock, transport, channel = _later_site()
     channel.dataReceived(b"GET /later HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     later[0].callback("done")
     assert b"200 OK" in transport.value() and transport.disconnecting
