@@ -18,8 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crowtwist.websocket import _frames  # noqa: E402  (after the project root is on the path)
-from crowtwist.websocket._frames import FrameParser, MessageAssembler, Opcode, encode_frame  # noqa: E402
+from crowtwist.websocket import _frames, _masking  # noqa: E402  (after the project root is on the path)
+from crowtwist.websocket._encoding import encode_frame  # noqa: E402
+from crowtwist.websocket._frames import FrameParser, Opcode  # noqa: E402
+from crowtwist.websocket._messages import MessageAssembler  # noqa: E402
 
 
 def small_frames(count: int = 16, size: int = 64) -> bytes:
@@ -32,6 +34,15 @@ def parse_read(read: bytes, parser: FrameParser) -> int:
     next_frame = parser.next_frame
     while next_frame() is not None:
         count += 1
+    return count
+
+
+def parse_batches(read: bytes, parser: FrameParser) -> int:
+    """What the protocol's receive loop does: frames() until it returns nothing."""
+    parser.feed(read)
+    count = 0
+    while batch := parser.frames():
+        count += len(batch)
     return count
 
 
@@ -63,7 +74,7 @@ def best(stmt: Callable[[], object], number: int) -> float:
 
 
 def main() -> None:
-    print(f"unmask: {'C helper' if _frames.unmask is _frames._unmask_c else 'Python'}")
+    print(f"unmask: {'C helper' if _frames.unmask is _masking._unmask_c else 'Python'}")
     read = small_frames()
     # One parser (and assembler) per connection: what a read costs, not making them.
     parser = FrameParser(max_size=1 << 20)
@@ -71,6 +82,9 @@ def main() -> None:
     assert parse_read(read, parser) == 16
     per = best(lambda: parse_read(read, parser), 20000) / 16
     print(f"16 x 64 B masked text frames in one read: {per * 1e6:.3f} us per frame (parser)")
+    assert parse_batches(read, parser) == 16
+    per = best(lambda: parse_batches(read, parser), 20000) / 16
+    print(f"  the same, in batches (frames(), the receive loop's call): {per * 1e6:.3f} us per frame")
     per = best(lambda: parse_and_assemble(read, parser, assembler), 20000) / 16
     print(f"  the same, with MessageAssembler (str messages): {per * 1e6:.3f} us per frame")
     big = encode_frame(Opcode.BINARY, os.urandom(65536), mask=os.urandom(4))

@@ -19,13 +19,12 @@ from websockets.streams import StreamReader
 from crowtwist.websocket import _frames, _masking
 from crowtwist.websocket._close import CloseCode
 from crowtwist.websocket._messages import MessageAssembler
+from crowtwist.websocket._encoding import encode_frame, frame_header
 from crowtwist.websocket._frames import (
     Frame,
     FrameParser,
     Opcode,
     ProtocolError,
-    encode_frame,
-    frame_header,
     unmask,
 )
 

@@ -34,7 +34,8 @@ from ._coalesce import Coalescer
 from ._connection import Connection, detach, notify_closed, set_writable
 from ._dispatch import EventQueue
 from ._extensions import deflate_acceptor, offered_client_bits
-from ._frames import Frame, FrameParser, Opcode, ProtocolError, data_header
+from ._encoding import data_header
+from ._frames import Frame, FrameParser, Opcode, ProtocolError
 from ._messages import MessageAssembler
 from ._outgoing import HOLD_BELOW, Outgoing
 from ._public import PublicProtocol
