@@ -26,6 +26,7 @@ def echo_app() -> Crow:
     return app
 
 
+@pytest.mark.fast_paths("compression")
 @pytest.mark.parametrize(
     ("offer", "expected"),
     [

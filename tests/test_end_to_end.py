@@ -101,6 +101,7 @@ def test_autobahn_client_round_trip(serve: Any) -> Iterator[Any]:
     assert log == [("open", (7,)), ("message", "hé", False), ("message", b"\x00\x01", True), ("close", "bye", 4002)]
 
 
+@pytest.mark.fast_paths("compression")
 @pytest_twisted.inlineCallbacks
 def test_websockets_client_subprotocol_and_compression(serve: Any) -> Iterator[Any]:
     """The websockets library negotiates our subprotocol and permessage-deflate and round-trips 1 MiB."""
@@ -179,6 +180,7 @@ def test_unmasked_frames_by_mode(serve: Any, enforce: bool) -> Iterator[Any]:
         client.transport.loseConnection()
 
 
+@pytest.mark.fast_paths("close code")
 @pytest_twisted.inlineCallbacks
 def test_tcp_drop_is_1006_and_others_carry_on(serve: Any) -> Iterator[Any]:
     """A dropped socket gives onclose 1006 'uncleanly'; a raising handler closes only its own connection."""
@@ -218,6 +220,7 @@ def test_send_from_another_thread(serve: Any) -> Iterator[Any]:
     yield within(client.closed_with)
 
 
+@pytest.mark.fast_paths("direct writes")
 @pytest_twisted.inlineCallbacks
 def test_slow_reader_backpressure(serve: Any) -> Iterator[Any]:
     """A client that stops reading makes drained() wait; once it reads, every message arrives in order."""
@@ -317,6 +320,7 @@ def close_all(clients: list[Any]) -> Iterator[Any]:
     yield gatherResults([within(client.closed_with) for client in clients])
 
 
+@pytest.mark.fast_paths("direct writes")
 @pytest_twisted.inlineCallbacks
 def test_replies_held_in_busy_turns_all_arrive_in_order(serve: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """With many connections sending at once, replies held to the end of each reactor turn arrive complete and in order."""

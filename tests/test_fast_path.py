@@ -96,6 +96,7 @@ def test_failures_on_the_fast_path_are_autobahns() -> None:
     assert seen == [] and client.close_frame().close_code == 1002  # type: ignore[union-attr]
 
 
+@pytest.mark.fast_paths("fast path")
 def test_compressed_connections_take_the_general_path() -> None:
     """With permessage-deflate negotiated the fast paths stand aside."""
     app, _ = echo_app()
@@ -115,6 +116,7 @@ def test_data_frame_inside_a_fragmented_message_is_still_a_violation() -> None:
     assert client.close_frame().close_code == 1002  # type: ignore[union-attr]
 
 
+@pytest.mark.fast_paths("fast path")
 def test_large_frames_stay_on_the_fast_path(unmasking: str) -> None:
     """A 1 MB text frame arriving in 64 KiB reads is delivered whole without autobahn's frame parser."""
     app, seen = echo_app()
@@ -160,6 +162,7 @@ def test_frame_completed_after_the_app_closed_is_delivered() -> None:
     assert client.close_frame().close_code == 1000  # type: ignore[union-attr]
 
 
+@pytest.mark.fast_paths("fast path")
 def test_connections_start_with_autobahns_state() -> None:
     """A new connection has every attribute autobahn's own set-up gives it, with the same values.
 
@@ -267,6 +270,7 @@ def opened(app: Crow, autobahns: bool, monkeypatch: pytest.MonkeyPatch) -> tuple
     return f"{client.status_line}\r\n{sorted(client.headers.items())}".encode(), state
 
 
+@pytest.mark.fast_paths("fast path")
 @pytest.mark.parametrize("keepalive", [20.0, None])
 def test_plain_101_is_autobahns(keepalive: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The 101 for an upgrade without extensions, and the state it leaves, are what autobahn's succeedHandshake gives."""

@@ -612,6 +612,7 @@ class RandomPort:
         return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory).addCallback(got)
 
 
+@pytest.mark.fast_paths("close code")
 @pytest.mark.parametrize("connection", ["Upgrade", "close, Upgrade"])
 @pytest_twisted.inlineCallbacks
 def test_stopping_refuses_pending_and_later_upgrades(way: str, connection: str) -> Iterator[Any]:
@@ -661,6 +662,10 @@ def test_stopping_refuses_pending_and_later_upgrades(way: str, connection: str) 
 # H. permessage-deflate offers.
 
 
+# An offer accepted (permessage-deflate in the 101): autobahn's public paths decline it.
+DECLINED = pytest.mark.fast_paths("compression")
+
+
 @pytest.mark.parametrize(
     "offer, status, accepted",
     [
@@ -674,12 +679,18 @@ def test_stopping_refuses_pending_and_later_upgrades(way: str, connection: str) 
         ("permessage-deflate; client_max_window_bits=16", 101, None),
         ("permessage-deflate; server_no_context_takeover=1", 101, None),
         ("x-webkit-deflate-frame", 101, None),
-        ("permessage-deflate; server_max_window_bits=8, permessage-deflate", 101, "permessage-deflate"),
-        ("permessage-deflate; mystery, permessage-deflate; server_max_window_bits=12", 101,
-         "server_max_window_bits=12"),
-        ('permessage-deflate; server_max_window_bits="11"', 101, "server_max_window_bits=11"),
-        ("x-webkit-deflate-frame, permessage-deflate", 101, "permessage-deflate"),
-        (", permessage-deflate ,", 101, "permessage-deflate"),
+        pytest.param(
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate", 101, "permessage-deflate", marks=DECLINED
+        ),
+        pytest.param(
+            "permessage-deflate; mystery, permessage-deflate; server_max_window_bits=12", 101,
+            "server_max_window_bits=12", marks=DECLINED,
+        ),
+        pytest.param(
+            'permessage-deflate; server_max_window_bits="11"', 101, "server_max_window_bits=11", marks=DECLINED
+        ),
+        pytest.param("x-webkit-deflate-frame, permessage-deflate", 101, "permessage-deflate", marks=DECLINED),
+        pytest.param(", permessage-deflate ,", 101, "permessage-deflate", marks=DECLINED),
         ("permessage-deflate;;", 400, None),
         ("permessage-deflate; =1", 400, None),
         ('permessage-deflate; server_max_window_bits="1', 400, None),
@@ -710,6 +721,7 @@ def test_deflate_offers_we_cannot_take_are_declined(
         assert reply.body.startswith(b"400 Bad Request: Sec-WebSocket-Extensions: ")
 
 
+@pytest.mark.fast_paths("compression")
 @pytest_twisted.inlineCallbacks
 def test_deflate_fallback_offer_with_websockets_client(serve: Any, way: str) -> Iterator[Any]:
     """The websockets client offering server_max_window_bits=8 then a plain fallback gets the fallback, compressed."""
@@ -932,6 +944,7 @@ def acceptable(params: list[tuple[str, str | None]]) -> bool:
     return True
 
 
+@pytest.mark.fast_paths("compression")
 @PROPERTY
 @given(offers=OFFERS, space=st.sampled_from(["", " ", "\t "]))
 def test_well_formed_offers_never_fail_the_handshake(offers: list[Any], space: str) -> None:

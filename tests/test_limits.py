@@ -295,6 +295,7 @@ def test_oversized_request_head_is_refused() -> None:
     assert uri.body == b"414 URI Too Long: request line too long\n"
 
 
+@pytest.mark.fast_paths("close code")
 @pytest_twisted.inlineCallbacks
 def test_keepalive_timeout_closes_with_1011(site_port: Any) -> Iterator[Any]:
     """A peer that never answers pings gets a close frame 1011; onerror says why."""
@@ -343,7 +344,7 @@ def test_close_timeout_drops_a_silent_peer(site_port: Any) -> Iterator[Any]:
     assert seen == [("uncleanly", 1006)]
 
 
-@pytest.mark.parametrize("policy", ["close", "wait"])
+@pytest.mark.parametrize("policy", [pytest.param("close", marks=pytest.mark.fast_paths("close code")), "wait"])
 @pytest_twisted.inlineCallbacks
 def test_send_buffer_bound(site_port: Any, policy: str) -> Iterator[Any]:
     """Past max_send_buffer for a peer that does not read: 'close' sends 1008, 'wait' keeps every message."""
@@ -435,6 +436,7 @@ def test_backlog_while_the_transport_is_paused() -> None:
     assert client.close_frame() is None and len(client.messages()) == 53
 
 
+@pytest.mark.fast_paths("close code")
 def test_backlog_over_the_bound_closes_after_what_was_sent() -> None:
     """A frame sent while the peer owes more than max_send_buffer is queued, then the 1008 close
     frame behind it; a clean close flushes them all."""

@@ -24,6 +24,7 @@ def run(*args: str | Path, cwd: Path | None = None) -> str:
     return result.stdout
 
 
+@pytest.mark.fast_paths("close code")
 def test_wheel_in_fresh_venv(tmp_path: Path) -> None:
     """A built wheel installs twisted/plugins/crowtwist_plugin.py (and the C helper) and nothing of Twisted's own;
     its twistd lists crow, serves a module's echo, and SIGTERM gives the client 1001 and exit 0."""

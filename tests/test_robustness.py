@@ -164,6 +164,7 @@ def test_ping_answered_and_order_kept_while_a_handler_is_pending(serve: Any) -> 
     raw.transport.loseConnection()
 
 
+@pytest.mark.fast_paths("queue bound")
 @pytest_twisted.inlineCallbacks
 def test_a_full_queue_pauses_reading(serve: Any) -> Iterator[Any]:
     """A client that floods a connection whose handler hangs fills the queue, then the socket:
@@ -222,7 +223,16 @@ def test_invalid_close_frame_is_answered_with_its_error(serve: Any, payload: byt
     assert rec.named("close")[0][1] == expected
 
 
-@pytest.mark.parametrize("code", [1012, 1013, 1014, 3000, 4999])
+@pytest.mark.parametrize(
+    "code",
+    [
+        pytest.param(1012, marks=pytest.mark.fast_paths("close code")),
+        pytest.param(1013, marks=pytest.mark.fast_paths("close code")),
+        pytest.param(1014, marks=pytest.mark.fast_paths("1014")),
+        3000,
+        4999,
+    ],
+)
 @pytest_twisted.inlineCallbacks
 def test_registered_codes_are_valid_both_ways(serve: Any, code: int) -> Iterator[Any]:
     """1012-1014 (and the application range) are echoed when received and may be sent with conn.close()."""
@@ -272,6 +282,7 @@ def test_parse_close_against_the_rfc() -> None:
     assert CloseCode.NormalClosure == 1000 and CloseCode.EndpointGoingAway == CloseCode.GOING_AWAY
 
 
+@pytest.mark.fast_paths("compression")
 @pytest_twisted.inlineCallbacks
 def test_deflate_message_over_max_payload_completes_the_close(serve: Any) -> Iterator[Any]:
     """With permessage-deflate, a message over max_payload gets 1009 and the close handshake
@@ -411,6 +422,7 @@ def test_sub_second_keepalive_keeps_healthy_peers(serve: Any) -> Iterator[Any]:
         yield within(client.closed_with)
 
 
+@pytest.mark.fast_paths("close code")
 @pytest_twisted.inlineCallbacks
 def test_keepalive_still_closes_a_silent_peer(serve: Any) -> Iterator[Any]:
     """A peer that never answers pings is closed with 1011 once the pong timeout passes."""
@@ -569,6 +581,7 @@ def _deflated(size: int) -> bytes:
     return data[:-4]
 
 
+@pytest.mark.fast_paths("compression")
 @pytest_twisted.inlineCallbacks
 def test_compressed_flood_stays_within_the_queue_bound(serve: Any) -> Iterator[Any]:
     """40 compressed messages of 1 MiB each in one write, behind a hung handler: parsing stops
@@ -594,6 +607,7 @@ def test_compressed_flood_stays_within_the_queue_bound(serve: Any) -> Iterator[A
     raw.transport.abortConnection()
 
 
+@pytest.mark.fast_paths("close code")
 @pytest_twisted.inlineCallbacks
 def test_late_pong_does_not_cut_the_close_handshake_short(serve: Any) -> Iterator[Any]:
     """After a keepalive timeout's 1011, a late pong restarts no timer: the peer's close answer,
@@ -708,6 +722,7 @@ def test_pending_http_handler_is_cancelled_when_its_client_leaves(kind: str, log
         yield port.stopListening()
 
 
+@pytest.mark.fast_paths("close code")
 @pytest_twisted.inlineCallbacks
 def test_stopping_hears_the_close_of_a_connection_whose_queue_is_full(serve: Any) -> Iterator[Any]:
     """close_all (what SIGTERM runs) on a connection whose queue is full and reading paused:
@@ -731,6 +746,7 @@ def test_stopping_hears_the_close_of_a_connection_whose_queue_is_full(serve: Any
 
 
 
+@pytest.mark.fast_paths("queue bound")
 @pytest_twisted.inlineCallbacks
 def test_keepalive_spares_a_peer_whose_queue_keeps_refilling(serve: Any) -> Iterator[Any]:
     """A burst bigger than the queue refills it each time it drains: no ping goes out while

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -28,6 +29,7 @@ SERVER = textwrap.dedent(
 )
 
 
+@pytest.mark.fast_paths("close code")
 def test_ctrl_c_closes_websockets_with_1001() -> None:
     """SIGINT makes app.run close every open WebSocket with 1001, run onclose, and exit 0."""
     port = free_port()

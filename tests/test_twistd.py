@@ -150,6 +150,7 @@ def test_port_in_use_is_one_line(modules: Path) -> None:
     assert f"twistd crow: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use" in output
 
 
+@pytest.mark.fast_paths("close code")
 def test_serves_and_sigterm_closes_with_1001(modules: Path, tmp_path: Path) -> None:
     """twistd crow serves a module's app; SIGTERM sends 1001, runs every onclose, exits 0."""
     port = free_port()
@@ -293,6 +294,7 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
+@pytest.mark.fast_paths("close code")
 def test_tls_round_trip_and_graceful_stop(modules: Path, tmp_path: Path) -> None:
     """wss:// through --listen ssl:... round-trips, and SIGTERM still delivers 1001 over TLS."""
     key, cert = make_certificate(tmp_path)
@@ -316,6 +318,7 @@ def test_tls_round_trip_and_graceful_stop(modules: Path, tmp_path: Path) -> None
         assert server.process.returncode == 0
 
 
+@pytest.mark.fast_paths("close code")
 def test_tac_example(tmp_path: Path) -> None:
     """examples/service.tac runs the app as a service and mounted in another site, beside a TimerService."""
     crow_port, site_port = free_port(), free_port()

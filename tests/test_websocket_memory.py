@@ -259,6 +259,7 @@ def test_crow_guide_signatures_still_work() -> None:
     assert seen == ["error", ("close", "")]
 
 
+@pytest.mark.fast_paths("close code")
 def test_handler_that_raises(logs: LogCapture) -> None:
     """A raising handler is logged with its traceback, onerror runs, and the close code is 1011."""
     app = Crow()
@@ -573,6 +574,7 @@ def test_factory_options_follow_settings() -> None:
     assert rule.factory is not factory and rule.factory.maxMessagePayloadSize == 0
 
 
+@pytest.mark.fast_paths("compression")
 def test_compression_can_be_declined() -> None:
     """permessage-deflate is accepted by default and declined when turned off for the route or app."""
     offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}

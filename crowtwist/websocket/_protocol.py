@@ -122,8 +122,8 @@ class _Glue(_Base):
         out.after_handshake()
 
     def plain_sends_allowed(self) -> bool:
-        """Whether frames may bypass autobahn's sender (``PublicProtocol`` says no)."""
-        return True
+        """Whether frames may bypass autobahn's sender: not on its public paths."""
+        return not isinstance(self, PublicProtocol)
 
     def close_by_app(self, code: int, reason: str) -> None:
         """Start the close handshake on the application's behalf."""
@@ -190,7 +190,8 @@ class _Glue(_Base):
             else:
                 out.write(data_header(is_binary, length), payload)
         else:
-            WebSocketServerProtocol.sendMessage(self, payload, is_binary)
+            # autobahn's, or PublicProtocol's (through its wire, and past maxMessagePayloadSize).
+            self.sendMessage(payload, is_binary)  # type: ignore[no-untyped-call]  # autobahn's is unannotated
 
     def send_control(self, payload: bytes, ping: bool) -> None:
         """Send a ping or a pong."""
