@@ -47,6 +47,8 @@ GIVE_UPS = {
     "direct writes": "frames go through the transport, not to the socket directly, and replies are not gathered"
     " into one send",
     "fast path": "checks FastProtocol's state or crowtwist's own frame parser, which the public paths do not use",
+    "failing": "autobahn goes on parsing what a failed peer sends and closes only after the close timeout, so a"
+    " peer that keeps sending may get a reset instead of the replies and close frame before it",
 }
 
 

@@ -810,6 +810,7 @@ def test_close_is_bounded_when_the_peer_reads_nothing_more(serve: Any) -> Iterat
         pytest.param(bytes((0x82, 0xFF)) + (17 << 20).to_bytes(8, "big") + b"\0\0\0\0", id="too-big-1009"),
     ],
 )
+@pytest.mark.fast_paths("failing")
 @pytest_twisted.inlineCallbacks
 def test_a_failed_connection_delivers_its_replies_and_close_frame(serve: Any, bad: bytes) -> Iterator[Any]:
     """Failing a connection while the peer still sends: every reply already sent, then the close

@@ -11,7 +11,7 @@ checked request is handed to autobahn as bytes, and autobahn answers it.
 
 crowtwist keeps the rest on Twisted's side of autobahn: autobahn writes to
 ``self.transport`` and closes it, as every Twisted protocol does, and once the
-connection is open that transport is a ``_Wire`` in front of the real one.  It
+connection is open that transport is a ``Wire`` in front of the real one.  It
 reads back the frames autobahn writes (their lengths, and close frames'
 payloads; never the peer's frames) and hands them on whole through the
 connection's ``Outgoing`` in push mode, so writability, ``max_send_buffer``,
@@ -37,6 +37,9 @@ What it gives up (the tests marked ``fast_paths`` skip, tests/conftest.py):
   with another code (1001 when stopping, 1008 for a slow reader, 1011 for a
   handler that raised or a keepalive timeout, 1012-1014) is sent as 1000, with
   the code at the start of the reason (``"1001 going away"``);
+* a failed connection closes when autobahn's close handshake does (or the close
+  timeout), not with a half-close at once, so a peer that keeps sending may get
+  a reset that loses the replies and close frame before it;
 * autobahn judges the peer's frames by its own rules: it refuses close code
   1014 from a peer, its messages for failures are its own (but for Crow's
   "Client connection not masked."), and it logs a warning of its own when it
@@ -45,7 +48,6 @@ What it gives up (the tests marked ``fast_paths`` skip, tests/conftest.py):
 
 from __future__ import annotations
 
-import os
 from typing import Any, cast
 from collections.abc import Callable, Sequence
 
@@ -57,6 +59,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from ._close import CloseCode
+from ._keepalive import Keepalive
+from ._wire import Wire, close_payload
 
 __all__ = ["PublicProtocol"]
 
@@ -66,78 +70,6 @@ _CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
 _CROW_MESSAGES = {"unmasked client-to-server frame": "Client connection not masked."}
 
 
-def _frame_size(data: bytes | bytearray) -> int | None:
-    """The length of the frame that starts ``data``, header included; None: the header is not all there."""
-    if len(data) < 2:
-        return None
-    length = data[1] & 0x7F
-    header = 2
-    if length == 126:
-        header = 4
-    elif length == 127:
-        header = 10
-    if len(data) < header:
-        return None
-    if header > 2:
-        length = int.from_bytes(data[2:header], "big")
-    if data[1] & 0x80:
-        header += 4  # (a masking key: autobahn does not mask a server's frames, but could be told to)
-    return header + length
-
-
-def _close_payload(frame: bytes) -> tuple[int | None, str]:
-    """The code and reason of a whole close frame."""
-    masked = frame[1] & 0x80
-    start = 6 if masked else 2  # a control frame's length fits its second byte
-    payload = frame[start:]
-    if masked:
-        payload = bytes(b ^ frame[2 + i % 4] for i, b in enumerate(payload))
-    if len(payload) < 2:
-        return None, ""
-    return int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", "replace")
-
-
-class _Wire:
-    """The transport autobahn writes to, in front of the connection's own.
-
-    The frames autobahn writes go on to the owner a whole frame at a time,
-    however autobahn splits them into writes; its TCP closes go to the owner
-    too.  Every other attribute is the transport's.
-    """
-
-    def __init__(self, transport: Any, owner: PublicProtocol) -> None:
-        self.transport = transport
-        self._owner = owner
-        self._pending = bytearray()
-        """The start of a frame, the rest to come in the next write."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-    def write(self, data: bytes) -> None:
-        pending = self._pending
-        if not pending and _frame_size(data) == len(data):
-            self._owner.frame_out(data)  # as nearly every write is: one frame
-            return
-        pending += data
-        while True:
-            size = _frame_size(pending)
-            if size is None or size > len(pending):
-                return
-            frame = bytes(pending[:size])
-            del pending[:size]
-            self._owner.frame_out(frame)
-
-    def writeSequence(self, data: Sequence[bytes]) -> None:
-        self.write(b"".join(data))
-
-    def loseConnection(self) -> None:
-        self._owner.transport_closed(abort=False)
-
-    def abortConnection(self) -> None:
-        self._owner.transport_closed(abort=True)
-
-
 class PublicProtocol(WebSocketServerProtocol):
     """autobahn's server protocol as documented, with ``FastProtocol``'s methods on top.
 
@@ -145,7 +77,7 @@ class PublicProtocol(WebSocketServerProtocol):
     """
 
     _state = _CONNECTING
-    _wire: _Wire | None = None
+    _wire: Wire | None = None
     _subprotocol: str | None = None
     _closed_by: str | None = None
     """Who sent this side's close frame: "us" (``start_close``) or "autobahn" (an answer or a failure)."""
@@ -160,14 +92,8 @@ class PublicProtocol(WebSocketServerProtocol):
     _closed_in_read = False
     _dropped_in_read = False
     _close_timeout = 5.0
-    _ping_interval: float | None = None
-    _pong_timeout: float | None = None
+    _keepalive: Keepalive | None = None
     _max_payload: int | None = None
-    _ping_payload: bytes | None = None
-    _ping_call: IDelayedCall | None = None
-    """Sends the next keepalive ping."""
-    _pong_call: IDelayedCall | None = None
-    """Closes the connection when the ping's pong is late."""
     _close_call: IDelayedCall | None = None
     """Drops the connection when the peer has not answered our close frame in time."""
     _drop_call: IDelayedCall | None = None
@@ -193,8 +119,14 @@ class PublicProtocol(WebSocketServerProtocol):
         rule = cast(Any, self.factory).rule
         settings = rule.settings
         self._close_timeout = settings.close_timeout or 5.0
-        self._ping_interval = settings.keepalive_interval
-        self._pong_timeout = settings.keepalive_timeout
+        self._keepalive = Keepalive(
+            settings.keepalive_interval,
+            settings.keepalive_timeout,
+            self.sendPing,
+            lambda: self._state == _OPEN,
+            self.outgoing_behind,
+            self._keepalive_timed_out,
+        )
         self._max_payload = rule.effective_max_payload
         self._subprotocol = subprotocol
         # What _Glue.onOpen reads (autobahn sets it too, to what onConnect returns).
@@ -208,7 +140,7 @@ class PublicProtocol(WebSocketServerProtocol):
                 set_no_delay(True)
             except OSError:  # not a TCP socket
                 pass
-        self._wire = _Wire(transport, self)
+        self._wire = Wire(transport, self)
         lines = [
             f"GET {path} HTTP/1.1",
             "Host: localhost",
@@ -257,7 +189,7 @@ class PublicProtocol(WebSocketServerProtocol):
             return
         self.write(frame)
         if opcode == 0x8:
-            self._close_went_out(*_close_payload(frame))
+            self._close_went_out(*close_payload(frame))
 
     def _close_went_out(self, code: int | None, reason: str) -> None:
         if self._sent_close is not None:
@@ -450,29 +382,8 @@ class PublicProtocol(WebSocketServerProtocol):
 
     def schedule_ping(self) -> None:
         """The next keepalive ping (unless one is due already, or awaits its pong)."""
-        if self._ping_interval and self._state == _OPEN and self._ping_call is None and self._pong_call is None:
-            self._ping_call = self._later(self._ping_interval, self._send_ping)
-
-    def _send_ping(self) -> None:
-        self._ping_call = None
-        if self._state != _OPEN:
-            return
-        self._ping_payload = payload = os.urandom(12)
-        self.sendPing(payload)
-        if self._pong_timeout:
-            self._pong_call = self._later(self._pong_timeout, self._pong_late)
-
-    def _pong_late(self) -> None:
-        self._pong_call = None
-        if self._state != _OPEN:
-            return
-        if self.outgoing_behind():
-            # Our own data is not all out, and the ping may be behind some of it:
-            # the peer is judged once it had the chance to answer.
-            self._pong_call = self._later(cast(float, self._pong_timeout), self._pong_late)
-            return
-        self._ping_payload = None
-        self.close_with_error(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        if self._keepalive is not None:
+            self._keepalive.schedule()
 
     def sendPing(self, payload: bytes | None = None) -> None:
         self._autobahn(WebSocketServerProtocol.sendPing, payload)
@@ -482,32 +393,22 @@ class PublicProtocol(WebSocketServerProtocol):
 
     def pong_received(self, payload: bytes) -> None:
         """A pong: the awaited one ends the keepalive wait."""
-        if self._ping_payload is not None and payload == self._ping_payload:
-            call = self._pong_call
-            if call is not None:
-                self._pong_call = None
-                call.cancel()
-            self._ping_payload = None
-            self.schedule_ping()
+        if self._keepalive is not None:
+            self._keepalive.pong(payload)
 
     def _heard(self) -> None:
         # Whatever the peer sends shows it is there, as a pong does (as
         # autobahn's autoPingRestartOnAnyTraffic has it).
-        call = self._pong_call
-        if call is not None:
-            self._pong_call = None
-            self._ping_payload = None
-            call.cancel()
-            self.schedule_ping()
+        if self._keepalive is not None:
+            self._keepalive.heard()
 
     def suspend_keepalive(self) -> None:
         """Stop judging the peer by its pongs (we are not reading, or we are closing)."""
-        for name in ("_ping_call", "_pong_call"):
-            call = getattr(self, name)
-            if call is not None:
-                setattr(self, name, None)
-                call.cancel()
-        self._ping_payload = None
+        if self._keepalive is not None:
+            self._keepalive.suspend()
+
+    def _keepalive_timed_out(self) -> None:
+        self.close_with_error(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
     @staticmethod
     def _later(seconds: float, func: Callable[[], object]) -> IDelayedCall:
