@@ -223,6 +223,7 @@ class _Glue(_Base):
         if parser is None:
             self.autobahn_receive(data)
         elif self._receiving and self.still_reading():
+            self.count_received(len(data))
             parser.feed(data)
             self._parse(parser)
 
@@ -230,9 +231,9 @@ class _Glue(_Base):
         events = self._events
         handler = self._route.message_handler
         conn = self.conn
-        start = parser.consumed
         batch = self._unread
-        self._unread = None
+        if batch is not None:
+            self._unread = None
         try:
             while True:
                 if batch is None:
@@ -257,11 +258,11 @@ class _Glue(_Base):
                             events.push_message(handler, len(payload), conn, message, first == 0x82)
                     elif not self._frame(first, payload):
                         return
+                if not parser.buffered:
+                    break  # (asking again would find nothing, at some cost per read)
                 batch = None
         except ProtocolError as error:
             self._fail(error)
-        finally:
-            self.count_received(parser.consumed - start)
 
     def _frame(self, first: int, payload: bytes) -> bool:
         """Act on a frame other than a whole message while open; False: read no further."""
