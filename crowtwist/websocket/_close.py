@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["CloseCode", "CloseFrameError", "is_receivable", "is_sendable", "parse_close"]
+__all__ = ["CloseCode", "CloseFrameError", "failure_message", "is_receivable", "is_sendable", "parse_close"]
 
 
 class CloseCode(IntEnum):
@@ -94,3 +94,12 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
     except UnicodeDecodeError:
         raise CloseFrameError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from None
     return code, reason
+
+
+# Crow's own words for the failures its users match on; others keep autobahn's.
+_CROW_MESSAGES = {"unmasked client-to-server frame": "Client connection not masked."}
+
+
+def failure_message(reason: str, code: int | None) -> str:
+    """What ``onerror`` is told when autobahn fails a connection with ``code`` and ``reason``."""
+    return _CROW_MESSAGES.get(reason, reason or f"connection failed with {code}")

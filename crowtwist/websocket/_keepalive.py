@@ -11,19 +11,14 @@ is paused or the connection is closing.
 from __future__ import annotations
 
 import os
-from typing import Any, cast
+from typing import cast
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall
 
+from ._timers import reactor_later
+
 __all__ = ["Keepalive"]
-
-
-def _later(seconds: float, func: Callable[[], object]) -> IDelayedCall:
-    from twisted.internet import reactor
-
-    call: IDelayedCall = cast(Any, reactor).callLater(seconds, func)
-    return call
 
 
 class Keepalive:
@@ -55,7 +50,7 @@ class Keepalive:
     def schedule(self) -> None:
         """The next ping (unless one is due already, or awaits its pong)."""
         if self._interval and self._open() and self._ping_call is None and self._pong_call is None:
-            self._ping_call = _later(self._interval, self._send)
+            self._ping_call = reactor_later(self._interval, self._send)
 
     def _send(self) -> None:
         self._ping_call = None
@@ -64,7 +59,7 @@ class Keepalive:
         self._payload = payload = os.urandom(12)
         self._ping(payload)
         if self._timeout:
-            self._pong_call = _later(self._timeout, self._judge)
+            self._pong_call = reactor_later(self._timeout, self._judge)
 
     def _judge(self) -> None:
         self._pong_call = None
@@ -73,7 +68,7 @@ class Keepalive:
         if self._behind():
             # Our own data is not all out, and the ping may be behind some of it:
             # the peer is judged once it had the chance to answer.
-            self._pong_call = _later(cast(float, self._timeout), self._judge)
+            self._pong_call = reactor_later(cast(float, self._timeout), self._judge)
             return
         self._payload = None
         self._late()

@@ -145,6 +145,7 @@ class Outgoing:
                 # Enough for one send; it also tells a sending loop if the peer is behind.
                 self._uncork()
         elif self._paused or self._backlog:
+            # (_uncork makes the same choice; inline here, where every uncorked frame passes)
             self._hold_back(data + more if more else data)
         else:
             self._send_out([data, more] if more else [data], size)

@@ -58,19 +58,19 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from ._close import CloseCode
+from ._close import CloseCode, failure_message
+from ._hooks import ProtocolHooks
 from ._keepalive import Keepalive
+from ._timers import reactor_later
 from ._wire import Wire, close_payload
 
 __all__ = ["PublicProtocol"]
 
 _CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
 
-# Crow's own words for the failures its users match on; others keep autobahn's.
-_CROW_MESSAGES = {"unmasked client-to-server frame": "Client connection not masked."}
 
 
-class PublicProtocol(WebSocketServerProtocol):
+class PublicProtocol(ProtocolHooks):
     """autobahn's server protocol as documented, with ``FastProtocol``'s methods on top.
 
     Subclasses implement the hooks at the end, as for ``FastProtocol``.
@@ -206,7 +206,7 @@ class PublicProtocol(WebSocketServerProtocol):
         if self._state == _OPEN:
             self._state = _CLOSING
             self.close_sent()
-            self._close_call = self._later(self._close_timeout, self._close_timed_out)
+            self._close_call = reactor_later(self._close_timeout, self._close_timed_out)
 
     def transport_closed(self, abort: bool) -> None:
         """autobahn closes the TCP connection: the close handshake is over, or it gives up."""
@@ -232,7 +232,7 @@ class PublicProtocol(WebSocketServerProtocol):
         # But a peer that reads nothing more, or never ends TLS, would hold the
         # connection and its onclose forever: the close timeout bounds this too.
         if getattr(transport, "connected", True):
-            self._drop_call = self._later(self._close_timeout, self._abort)
+            self._drop_call = reactor_later(self._close_timeout, self._abort)
 
     def _close_timed_out(self) -> None:
         self._close_call = None
@@ -362,7 +362,7 @@ class PublicProtocol(WebSocketServerProtocol):
             return
         code, reason = self._sent_close
         self._failure = (CloseCode.NO_STATUS_RCVD if code is None else code), reason
-        self.frames_failed(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"))
+        self.frames_failed(failure_message(reason, code))
 
     def close_outcome(self, was_clean: bool, code: int | None, reason: str | None) -> tuple[int, str]:
         """The code and reason ``onclose`` gets: a failure we sent stands, whatever the peer did."""
@@ -409,37 +409,3 @@ class PublicProtocol(WebSocketServerProtocol):
 
     def _keepalive_timed_out(self) -> None:
         self.close_with_error(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-
-    @staticmethod
-    def _later(seconds: float, func: Callable[[], object]) -> IDelayedCall:
-        from twisted.internet import reactor
-
-        call: IDelayedCall = cast(Any, reactor).callLater(seconds, func)
-        return call
-
-    # Hooks, as FastProtocol declares them.
-
-    def frames_failed(self, message: str) -> None:
-        """The connection is being failed (a close frame with an error code goes out now)."""
-
-    def close_sent(self) -> None:
-        """Our close frame went out while open: keepalive is over, the close timeout runs."""
-
-    def reading_paused(self) -> bool:
-        return False
-
-    def outgoing_behind(self) -> bool:
-        return False
-
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def write_first(self, frame: bytes) -> bool:
-        """Put a control frame ahead of what waits to go out; False when nothing waits."""
-        return False
-
-    def flush_outgoing(self) -> None:
-        """A clean close: send what is held before the transport closes."""
-
-    def discard_outgoing(self) -> None:
-        """An abort: forget what is held."""

@@ -12,12 +12,12 @@ one ``DelayedCall`` each) but rounds every deadline up to the next bucket of
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 from collections.abc import Callable
 
 from twisted.logger import Logger
 
-__all__ = ["BucketTimer", "TimerCall"]
+__all__ = ["BucketTimer", "TimerCall", "reactor_later"]
 
 _log = Logger(namespace="crowtwist")
 
@@ -86,3 +86,10 @@ class BucketTimer:
             except Exception:
                 # One connection's failing timer must not keep the others' from running.
                 _log.failure("a connection timer raised")
+
+
+def reactor_later(seconds: float, func: Callable[[], object]) -> Any:
+    """``func`` in ``seconds`` on the global reactor (an ``IDelayedCall``), for timers that need no batching."""
+    from twisted.internet import reactor
+
+    return cast(Any, reactor).callLater(seconds, func)

@@ -16,6 +16,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
 
 from .._close import CloseCode, CloseFrameError, parse_close
+from .._hooks import ProtocolHooks
 
 __all__ = ["ClosingProtocol"]
 
@@ -23,8 +24,8 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 
 
-class ClosingProtocol(WebSocketServerProtocol):
-    """Close handling and keepalive for ``FastProtocol``; the hooks at the end are the subclass's."""
+class ClosingProtocol(ProtocolHooks):
+    """Close handling and keepalive for ``FastProtocol``; the hooks (``ProtocolHooks``) are the subclass's."""
 
     autoPingInterval: float
     autoPingTimeout: float
@@ -190,30 +191,3 @@ class ClosingProtocol(WebSocketServerProtocol):
         transport: Any = self.transport
         if transport is not None and getattr(transport, "connected", True):
             transport.abortConnection()
-
-    # Hooks for the subclass.
-
-    def frames_failed(self, message: str) -> None:
-        """The connection is being failed (a close frame with an error code goes out now)."""
-
-    def close_sent(self) -> None:
-        """Our close frame went out while open: keepalive is over, the close timeout runs."""
-
-    def reading_paused(self) -> bool:
-        return False
-
-    def outgoing_behind(self) -> bool:
-        return False
-
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def write_first(self, frame: bytes) -> bool:
-        """Put a control frame ahead of what waits to go out; False when nothing waits."""
-        return False
-
-    def flush_outgoing(self) -> None:
-        """A clean close: send what is held before the transport closes."""
-
-    def discard_outgoing(self) -> None:
-        """An abort: forget what is held."""

@@ -24,6 +24,7 @@ from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 
+from .._close import failure_message
 from ._closing import ClosingProtocol
 from ._guard import INITIAL_STATE
 
@@ -39,8 +40,6 @@ _HANDSHAKE_ONLY = frozenset(
 )
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n"
 
-# Crow's own words for the failures its users match on; others keep autobahn's.
-_CROW_MESSAGES = {"unmasked client-to-server frame": "Client connection not masked."}
 
 
 def fast_factory(factory: WebSocketServerFactory, timer: Any) -> dict[str, object]:
@@ -226,7 +225,7 @@ class FastProtocol(ClosingProtocol):
         was_open = self.state == _OPEN
         if not (isReply or self._app_close) and was_open:
             reason = (reasonUtf8 or b"").decode("utf-8", "replace")
-            self.frames_failed(_CROW_MESSAGES.get(reason, reason or f"connection failed with {code}"))
+            self.frames_failed(failure_message(reason, code))
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
         if was_open:
             self.close_sent()
