@@ -851,3 +851,35 @@ def test_a_failed_connection_delivers_its_replies_and_close_frame(serve: Any, ba
     assert [f.opcode for f in frames] == [F.TEXT, F.BINARY, F.CLOSE]
     assert frames[1].payload == b"b" * 70_000
     assert code == expected_code
+
+
+@pytest_twisted.inlineCallbacks
+def test_when_closed_fires_after_onclose_with_a_close_code(serve: Any) -> Iterator[Any]:
+    """conn.when_closed() fires once onclose has run (at once when asked later); onclose gets a CloseCode
+    for a named code and the plain int for an application's own."""
+    from crowtwist import CloseCode
+
+    app = Crow()
+    events: list[Any] = []
+    opened: list[Connection] = []
+    waits: list[Deferred[None]] = []
+
+    def on_open(conn: Connection) -> None:
+        opened.append(conn)
+        waits.append(conn.when_closed().addCallback(lambda _: events.append("when_closed")))
+
+    app.route("/ws").websocket().onopen(on_open).onclose(lambda conn, reason, code: events.append(code))
+    port = serve(app)
+
+    def client(code: int) -> None:
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+            ws.close(code)
+
+    yield within(deferToThread(client, 1000))
+    yield within(waits[0])
+    assert events == [1000, "when_closed"] and type(events[0]) is CloseCode
+    late = opened[0].when_closed()
+    assert late.called
+    yield within(deferToThread(client, 4000))
+    yield within(waits[1])
+    assert events[2:] == [4000, "when_closed"] and type(events[2]) is int
