@@ -12,12 +12,14 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 
+from ._broker import RedisBroker
 from ._http import HttpRule
 from ._twisted import listening_service
 from ._resource import Endpoint, RouteResource
 from ._routing import ParamType, RouteNode, parse_pattern
 from ._settings import DEFAULT_BINDADDR, DEFAULT_PORT, Settings, check_positive
 from ._site import CrowSite
+from .websocket._broadcast import check_room, room_channel
 from .websocket._close import CloseCode
 from .websocket._connection import Connection
 from .websocket._origin import OriginPolicy
@@ -102,6 +104,7 @@ class Crow:
         self._port = DEFAULT_PORT
         self._host = DEFAULT_BINDADDR
         self._warned = False
+        self._broker: RedisBroker | None = None
 
     @property
     def settings(self) -> Settings:
@@ -196,6 +199,45 @@ class Crow:
             OriginPolicy(origins)  # malformed patterns fail here, not at request time
             self._settings.allowed_origins = origins
         return self
+
+    # Rooms, and the broker that carries them (and route broadcasts) between processes.
+
+    def publish(self, room: str, message: str | bytes) -> None:
+        """Send ``message`` to every connection in ``room`` (``str`` as text, ``bytes`` as binary).
+
+        Rooms are app-wide (``conn.join(room)`` on any route).  With a broker,
+        the room's connections in every process sharing it get the message,
+        each once, in the order this process published.  Never blocks; may be
+        called from any thread.
+        """
+        check_room(room)
+        self._websockets.hub.send_from_any_thread(room_channel(room), message)
+
+    def broker(self, url: str | None) -> Crow:
+        """Carry rooms and broadcasts through Redis: ``"redis://[[user]:password@]host[:port][/db]"``.
+
+        ``rediss://`` for TLS (``?ssl_ca_certs=FILE`` to trust a private CA).
+        The connection starts with the app's service and stops with it.
+        ``None`` goes back to in-process delivery.  Needs
+        ``pip install 'crowtwist[redis]'``.  Delivery through Redis is at
+        most once: what is published while Redis is away reaches this
+        process's connections only (docs/deploy.md).
+        """
+        hub = self._websockets.hub
+        if self._broker is not None:
+            self._broker.stop()
+        if url is None:
+            self._broker = None
+            hub.relay = None
+            return self
+        self._broker = RedisBroker(url, hub.deliver, hub.channels)
+        hub.relay = self._broker
+        return self
+
+    @property
+    def broker_client(self) -> RedisBroker | None:
+        """The broker set with ``broker(url)``, if any (its counters: ``published``, ``received``, ``dropped``)."""
+        return self._broker
 
     def site(self) -> CrowSite:
         """A twisted.web ``Site`` serving ``resource()``, with the handshake deadline."""
@@ -324,21 +366,30 @@ class Crow:
 
 
 class _Closer(Service):
-    """Closes every WebSocket with 1001 when the service stops, and waits for them."""
+    """Connects the broker when the service starts; when it stops, closes every WebSocket
+    with 1001, waits for them, then disconnects the broker (what ``onclose`` publishes still goes out)."""
 
     def __init__(self, app: Crow, websockets: RuleRegistry) -> None:
         self._app = app
         self._websockets = websockets
+        self._broker: RedisBroker | None = None
 
     def startService(self) -> None:
         Service.startService(self)
         self._websockets.resume()
+        self._broker = self._app.broker_client
+        if self._broker is not None:
+            self._broker.start()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         # No upgrade into a stopping server: new and pending ones get 503 from now on.
         refused = self._websockets.begin_stopping()
         closed = DeferredList([self._app.close_all(CloseCode.GOING_AWAY), *refused])
-        return closed.addCallback(lambda _: self._websockets.reset_factories())
+        closed.addCallback(lambda _: self._websockets.reset_factories())
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            closed.addCallback(lambda _: broker.stop())
+        return closed.addCallback(lambda _: None)
 
 

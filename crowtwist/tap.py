@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from ._app import Crow
+from ._broker import check_client_installed, parse_broker_url
 from ._settings import DEFAULT_PORT, check_positive
 from ._twisted import forget_exit_signal
 from .websocket._origin import OriginPolicy
@@ -122,6 +123,9 @@ class Options(usage.Options):
         ["max-queue-bytes", None, None,
          "Bytes of messages a connection buffers while a handler is pending ('none': no bound)."
          " [default: 1048576]"],
+        ["broker", None, None,
+         "Carry rooms and broadcasts between processes and machines through Redis:"
+         " redis://[[user]:password@]host[:port][/db] or rediss://... (needs crowtwist[redis])."],
     ]
     optFlags = [
         ["enforce-ws-spec", None, "Require masked client frames (Crow's CROW_ENFORCE_WS_SPEC)."],
@@ -165,6 +169,12 @@ class Options(usage.Options):
             OriginPolicy(self["allowed-origin"])
         except ValueError as error:
             raise _fail(f"--allowed-origin: {error}") from None
+        if self["broker"] is not None:
+            try:
+                parse_broker_url(self["broker"])
+                check_client_installed()
+            except (ValueError, ImportError) as error:
+                raise _fail(f"--broker: {error}") from None
 
 
 def configure(app: Crow, options: Options) -> None:
@@ -194,6 +204,8 @@ def configure(app: Crow, options: Options) -> None:
     if options["allowed-origin"]:
         settings.allowed_origins = tuple(options["allowed-origin"])
     app.apply_settings()
+    if options["broker"] is not None:
+        app.broker(options["broker"])
 
 
 def makeService(options: Options) -> IService:

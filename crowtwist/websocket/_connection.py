@@ -7,11 +7,14 @@ from typing import Any, Protocol
 from collections.abc import Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from .._routing import ParamValue
 from ._close import CloseCode, is_sendable
 
-__all__ = ["Connection", "Owner", "Route", "detach", "notify_closed", "set_writable"]
+__all__ = ["Connection", "Owner", "Route", "check_room", "detach", "notify_closed", "send_shared", "set_writable"]
+
+log = Logger(namespace="crowtwist")
 
 
 class Owner(Protocol):
@@ -21,6 +24,7 @@ class Owner(Protocol):
     def send_message(self, payload: bytes, is_binary: bool) -> None: ...
     def send_control(self, payload: bytes, ping: bool) -> None: ...
     def close_by_app(self, code: int, reason: str) -> None: ...
+    def send_shared(self, frame: bytes, payload: bytes, is_binary: bool) -> bool: ...
 
 
 class Route(Protocol):
@@ -30,6 +34,9 @@ class Route(Protocol):
     def pattern(self) -> str: ...
     @property
     def connections(self) -> Iterable[Connection]: ...
+    def join_room(self, conn: Connection, room: str) -> None: ...
+    def leave_room(self, conn: Connection, room: str) -> None: ...
+    def rooms_of(self, conn: Connection) -> frozenset[str]: ...
 
 
 def _call_in_reactor(func: Callable[..., object], *args: Any) -> None:
@@ -70,6 +77,7 @@ class Connection:
         "_drain_waiters",
         "_thread",
         "_close_waiters",
+        "broadcasts_skipped",
         "__weakref__",
     )
 
@@ -96,6 +104,8 @@ class Connection:
         self._thread = get_ident()
         # None once onclose has run: then when_closed() answers at once.
         self._close_waiters: list[Callable[[], object]] | None = []
+        self.broadcasts_skipped = 0
+        """Broadcast and room messages not sent to this connection: its send buffer was over its bound."""
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -164,6 +174,30 @@ class Connection:
         if protocol is not None:
             protocol.close_by_app(code, reason)
 
+    # Rooms (app-wide, one name space across routes).
+
+    def join(self, room: str) -> None:
+        """Join ``room``: ``app.publish(room, ...)`` reaches this connection until it leaves or closes."""
+        check_room(room)
+        if get_ident() != self._thread:
+            _call_in_reactor(self.join, room)
+            return
+        if self._protocol is not None:
+            self.rule.join_room(self, room)
+
+    def leave(self, room: str) -> None:
+        """Leave ``room`` (nothing happens if this connection is not in it)."""
+        check_room(room)
+        if get_ident() != self._thread:
+            _call_in_reactor(self.leave, room)
+            return
+        self.rule.leave_room(self, room)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this connection is in (none once it has closed)."""
+        return self.rule.rooms_of(self)
+
     @property
     def writable(self) -> bool:
         """False while the peer is not reading fast enough and outgoing data piles up."""
@@ -201,6 +235,37 @@ def set_writable(conn: Connection, writable: bool) -> None:
         waiters, conn._drain_waiters = conn._drain_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+
+def check_room(room: object) -> str:
+    """``room`` if it is a room's name: a non-empty ``str``."""
+    if not isinstance(room, str):
+        raise TypeError(f"a room's name is a str, not {type(room).__name__}")
+    if not room:
+        raise ValueError("a room's name may not be empty")
+    return room
+
+
+def send_shared(conn: Connection, frame: bytes, payload: bytes, is_binary: bool) -> bool:
+    """Send a broadcast's ``frame`` (``payload`` framed whole, unmasked, no extension) to ``conn``.
+
+    False when ``conn`` is not open, or when the frame would take its send
+    buffer over its bound: then it is skipped, counted in
+    ``broadcasts_skipped``, and logged the first time.
+    """
+    protocol = conn._protocol
+    if protocol is None or not protocol.sendable:
+        return False
+    if protocol.send_shared(frame, payload, is_binary):
+        return True
+    conn.broadcasts_skipped += 1
+    if conn.broadcasts_skipped == 1:
+        log.warn(
+            "WebSocket {route} to {peer}: send buffer over its bound; broadcasts skip it until it drains",
+            route=conn.rule.pattern,
+            peer=conn._remote_ip,
+        )
+    return False
 
 
 def detach(conn: Connection) -> None:

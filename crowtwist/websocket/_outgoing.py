@@ -126,6 +126,16 @@ class Outgoing:
         return self._socket is not None
 
     @property
+    def waiting(self) -> int:
+        """Bytes of ours not out yet: the backlog, the cork and (plain TCP) what the transport holds."""
+        return self._backlog_size + self._in_transport + self._cork_size
+
+    @property
+    def limit(self) -> int | None:
+        """``max_send_buffer``: the bound on what may wait for a slow peer."""
+        return self._limit
+
+    @property
     def behind(self) -> bool:
         """Whether some of our data is not out yet (a ping may be waiting behind it)."""
         return bool(self._backlog) or self._paused

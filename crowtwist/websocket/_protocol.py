@@ -193,6 +193,26 @@ class _Glue(_Base):
             # autobahn's, or PublicProtocol's (through its wire, and past maxMessagePayloadSize).
             self.sendMessage(payload, is_binary)  # type: ignore[no-untyped-call]  # autobahn's is unannotated
 
+    def send_shared(self, frame: bytes, payload: bytes, is_binary: bool) -> bool:
+        """Send a broadcast's prebuilt ``frame``; False, and nothing sent, when over the send bound.
+
+        Over the bound the peer is behind: a broadcast skips it rather than
+        queue more (or close it, as a handler's own send would under the close policy).
+        """
+        out = self._out
+        if out is None:
+            return False
+        limit = out.limit
+        waiting = out.waiting
+        # (a frame larger than the bound alone goes to a peer that is not behind)
+        if limit is not None and waiting and waiting + len(frame) > limit:
+            return False
+        if self._parser is not None:
+            out.write(frame)
+        else:  # compressed, or autobahn's public paths: each connection frames its own
+            self.send_message(payload, is_binary)
+        return True
+
     def send_control(self, payload: bytes, ping: bool) -> None:
         """Send a ping or a pong."""
         if ping:

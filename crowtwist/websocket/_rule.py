@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .._handlers import Handler
 from .._settings import Settings, check_positive
+from ._broadcast import Hub, route_channel
 from ._connection import Connection
 from ._origin import OriginPolicy
 from ._factory import RuleFactory, build_factory
@@ -57,11 +58,13 @@ class RuleRegistry:
     that the app is ``stopping``.
     """
 
-    __slots__ = ("_rules", "_stopping")
+    __slots__ = ("_rules", "_stopping", "hub")
 
     def __init__(self) -> None:
         self._rules: list[WebSocketRule] = []
         self._stopping = False
+        self.hub = Hub()
+        """The app's rooms and broadcasts (app-wide, as the registry is)."""
 
     def __repr__(self) -> str:
         return f"<RuleRegistry of {len(self._rules)} rule(s)>"
@@ -350,7 +353,33 @@ class WebSocketRule:
     def connection_opened(self, conn: Connection) -> None:
         """``conn`` is open: it joins ``connections`` and counts under the caps."""
         self._open[conn] = None
+        self._registry.hub.opened(conn, self.pattern)
 
     def connection_closed(self, conn: Connection) -> None:
-        """``conn`` has closed: it leaves ``connections`` and gives its place back."""
+        """``conn`` has closed: it leaves ``connections``, its rooms, and gives its place back."""
         self._open.pop(conn, None)
+        self._registry.hub.closed(conn)
+
+    # Broadcast and rooms.
+
+    def broadcast(self, message: str | bytes) -> None:
+        """Send ``message`` to every open connection of this route, the sender's included.
+
+        ``str`` goes as text, ``bytes`` as binary.  With a broker, connections
+        of this route in every process sharing it get it too.  Never blocks:
+        a connection whose send buffer is over its bound is skipped (counted
+        in its ``broadcasts_skipped``).  May be called from any thread.
+        """
+        self._registry.hub.send_from_any_thread(route_channel(self.pattern), message)
+
+    def join_room(self, conn: Connection, room: str) -> None:
+        """``conn.join(room)``: rooms are the app's, so the registry's hub keeps them."""
+        self._registry.hub.join(conn, room)
+
+    def leave_room(self, conn: Connection, room: str) -> None:
+        """``conn.leave(room)``."""
+        self._registry.hub.leave(conn, room)
+
+    def rooms_of(self, conn: Connection) -> frozenset[str]:
+        """The rooms ``conn`` is in."""
+        return self._registry.hub.rooms_of(conn)

@@ -1,0 +1,412 @@
+"""``RedisBroker``: an app's rooms and broadcasts across processes and machines, through Redis pub/sub.
+
+The broker is the hub's relay (``websocket._broadcast.Relay``).  Each process
+keeps two connections to Redis, made with txredisapi (Twisted-native, so it
+runs on whichever reactor twistd chose): one subscribed to the channels this
+process has members in, one that publishes.  A message goes out once, with
+PUBLISH, and comes back to every subscribed process, this one included,
+which delivers it to its members: so each connection gets it exactly once,
+and one publisher's messages arrive in the order it sent them (one
+connection to Redis, and Redis keeps the order of a connection's commands).
+
+When Redis goes away both connections reconnect with backoff (txredisapi's
+``ClientService`` slots), the outage is logged once, and until both are back
+``publish`` answers False, so the hub delivers in this process only: what
+was published meanwhile does not reach the other processes, ever (at most
+once, as Redis pub/sub itself).  Connections to clients stay open; when the
+subscriber is back it subscribes to every channel again.
+
+Redis pub/sub ignores the database number, so it goes into the channel
+names instead: apps on ``/0`` and ``/1`` of one server do not hear each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+from collections.abc import Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+__all__ = ["BrokerURL", "RedisBroker", "parse_broker_url"]
+
+log = Logger(namespace="crowtwist")
+
+# Redis's own default port.
+_REDIS_PORT = 6379
+# Reconnection backoff: the first retry soon (a restart is short), then up to
+# 10 s apart (txredisapi's own ceiling), growing by e each time.
+_FIRST_RETRY = 0.2
+_LAST_RETRY = 10.0
+# Channels named in one SUBSCRIBE when subscribing again after an outage.
+_SUBSCRIBE_BATCH = 512
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    """What a ``redis://`` or ``rediss://`` URL says."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+    ca_certs: str | None
+    verify: bool
+
+    def __str__(self) -> str:
+        """The URL without its password (for logs)."""
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}{':***' if self.password else ''}@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/{self.db}"
+
+
+def parse_broker_url(url: str) -> BrokerURL:
+    """The parts of ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS).
+
+    ``rediss://`` takes ``?ssl_ca_certs=FILE`` (a CA bundle to trust instead
+    of the system's) and ``?ssl_cert_reqs=none`` (no verification), as
+    redis-py's URLs do.  Anything else raises ``ValueError`` saying what.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"a broker URL is a str, not {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"broker URL {url!r}: the scheme is redis:// or rediss://")
+    try:
+        port = parts.port or _REDIS_PORT
+    except ValueError:
+        raise ValueError(f"broker URL {url!r}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} names no host")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"broker URL {url!r}: the path is a database number, not {path!r}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - {"ssl_ca_certs", "ssl_cert_reqs", "db"}
+    if unknown:
+        raise ValueError(f"broker URL {url!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
+    db = int(query["db"][-1]) if "db" in query and query["db"][-1].isdigit() else int(path or 0)
+    reqs = query.get("ssl_cert_reqs", ["required"])[-1].lower()
+    if reqs not in ("required", "none"):
+        raise ValueError(f"broker URL {url!r}: ssl_cert_reqs is 'required' or 'none', not {reqs!r}")
+    tls = parts.scheme == "rediss"
+    if not tls and ("ssl_ca_certs" in query or "ssl_cert_reqs" in query):
+        raise ValueError(f"broker URL {url!r}: ssl_* parameters need rediss://")
+    return BrokerURL(
+        host=parts.hostname,
+        port=port,
+        db=db,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=tls,
+        ca_certs=query["ssl_ca_certs"][-1] if "ssl_ca_certs" in query else None,
+        verify=reqs == "required",
+    )
+
+
+def check_client_installed() -> None:
+    """Raise ``ImportError`` saying how to install the Redis client when it is missing."""
+    if importlib.util.find_spec("txredisapi") is None:
+        raise ImportError("the Redis broker needs txredisapi: pip install 'crowtwist[redis]'")
+
+
+class RedisBroker:
+    """The relay between an app's hub and Redis (see the module's docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        deliver: Callable[[str, bytes], object],
+        channels: Callable[[], list[str]],
+    ) -> None:
+        """``deliver(channel, data)`` takes what Redis brings; ``channels()`` is what to subscribe to."""
+        self.url = parse_broker_url(url)
+        check_client_installed()
+        self._deliver = deliver
+        self._channels = channels
+        self._prefix = f"crowtwist:{self.url.db}:"
+        self._publisher: Any = None
+        self._subscriber: Any = None
+        self._links: list[_Link] = []
+        self._warned = False
+        self._down_since: float | None = None
+        self._ever_up = False
+        self._running = False
+        self.published = 0
+        """Messages handed to Redis by this process."""
+        self.received = 0
+        """Messages Redis brought to this process."""
+        self.dropped = 0
+        """Messages published while Redis was away: delivered in this process only."""
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self.url} {'up' if self.up else 'down'}>"
+
+    @property
+    def up(self) -> bool:
+        """Whether both connections to Redis are ready (publishing goes through Redis)."""
+        return self._publisher is not None and self._subscriber is not None
+
+    # The hub's relay.
+
+    def publish(self, channel: str, data: bytes) -> bool:
+        """PUBLISH ``data`` on ``channel``; False while Redis is away (deliver locally)."""
+        publisher = self._publisher
+        if publisher is None or self._subscriber is None:
+            self.dropped += 1
+            return False
+        self.published += 1
+        publisher.publish(self._name(channel), data).addErrback(self._publish_failed)
+        return True
+
+    def subscribe(self, channel: str) -> None:
+        """This process has members in ``channel`` now."""
+        subscriber = self._subscriber
+        if subscriber is not None:
+            subscriber.subscribe([self._name(channel)]).addErrback(self._command_failed, "SUBSCRIBE")
+
+    def unsubscribe(self, channel: str) -> None:
+        """This process has no members in ``channel`` any more."""
+        subscriber = self._subscriber
+        if subscriber is not None:
+            subscriber.unsubscribe([self._name(channel)]).addErrback(self._command_failed, "UNSUBSCRIBE")
+
+    def _name(self, channel: str) -> bytes:
+        return (self._prefix + channel).encode("utf-8")
+
+    # Redis's side.
+
+    def start(self) -> None:
+        """Connect (and keep reconnecting) to Redis."""
+        import txredisapi  # imports the reactor: only once one is installed
+
+        from twisted.internet import reactor
+
+        if self._running:
+            return
+        self._running = True
+        self._down_since = time.monotonic()
+        broker = self
+
+        class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # untyped base
+            def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
+                broker._received(channel, message)
+
+        endpoint = _endpoint(reactor, self.url)
+        self._links = [
+            _Link(self, txredisapi, Subscriber, endpoint, reactor, subscriber=True),
+            _Link(self, txredisapi, txredisapi.RedisProtocol, endpoint, reactor, subscriber=False),
+        ]
+        for link in self._links:
+            link.connect()
+
+    def stop(self) -> Deferred[None]:
+        """Stop reconnecting and close both connections."""
+        self._running = False
+        links, self._links = self._links, []
+        self._publisher = self._subscriber = None
+        return DeferredList([link.stop() for link in links]).addCallback(lambda _: None)
+
+    def ready(self, protocol: Any, subscriber: bool) -> None:
+        """``protocol`` is connected, AUTH done: the subscriber subscribes to every channel."""
+        if subscriber:
+            self._subscriber = protocol
+            channels = [self._name(channel) for channel in self._channels()]
+            for start in range(0, len(channels), _SUBSCRIBE_BATCH):
+                batch = channels[start : start + _SUBSCRIBE_BATCH]
+                protocol.subscribe(batch).addErrback(self._command_failed, "SUBSCRIBE")
+        else:
+            self._publisher = protocol
+        if self.up and self._down_since is not None:
+            outage = time.monotonic() - self._down_since
+            self._down_since = None
+            if self._ever_up:
+                log.info(
+                    "Redis broker {url} is back after {outage:.1f} s; subscribed again to {count} channel(s)",
+                    url=str(self.url),
+                    outage=outage,
+                    count=len(self._channels()),
+                )
+            else:
+                log.info("Redis broker {url} connected", url=str(self.url))
+            self._ever_up = True
+            self._warned = False
+
+    def lost(self, protocol: Any) -> None:
+        """``protocol``'s connection closed (or never got ready): Redis is away until both are back."""
+        was_up = self.up
+        if protocol is self._subscriber:
+            self._subscriber = None
+        elif protocol is self._publisher:
+            self._publisher = None
+        if was_up and not self.up and self._running:
+            self._down_since = time.monotonic()
+            self._warn_down("lost")
+
+    def failed(self, why: str) -> None:
+        """A connection attempt failed: said once per outage (and once before the first success)."""
+        if self._running and not self._warned:
+            self._warn_down(f"unreachable ({why})")
+
+    def refused(self, why: str) -> None:
+        """Redis refused our AUTH: retrying would not help."""
+        log.error("Redis broker {url}: {why}; not reconnecting", url=str(self.url), why=why)
+
+    def _warn_down(self, what: str) -> None:
+        self._warned = True
+        log.warn(
+            "Redis broker {url} {what}; reconnecting. Until it is back, broadcasts and rooms"
+            " reach this process's connections only (what is published meanwhile is not delivered elsewhere)",
+            url=str(self.url),
+            what=what,
+        )
+
+    def _received(self, channel: bytes, message: bytes) -> None:
+        name = channel.decode("utf-8", "replace")
+        if not name.startswith(self._prefix):
+            return
+        self.received += 1
+        self._deliver(name[len(self._prefix) :], message)
+
+    def _publish_failed(self, failure: Any) -> None:
+        # The connection went away with the command in flight: at most once.
+        self.dropped += 1
+        log.debug("Redis PUBLISH lost: {error}", error=failure.getErrorMessage())
+
+    def _command_failed(self, failure: Any, command: str) -> None:
+        log.debug("Redis {command} failed: {error}", command=command, error=failure.getErrorMessage())
+
+
+class _Link:
+    """One connection to Redis, made again with backoff whenever it fails or closes.
+
+    txredisapi's protocols do the talking (RESP, AUTH); the reconnecting is
+    ours rather than its ``ClientService`` pool's, which logs every retry:
+    an outage is logged once here.
+    """
+
+    def __init__(
+        self, broker: RedisBroker, txredisapi: Any, protocol: Any, endpoint: Any, reactor: Any, subscriber: bool
+    ) -> None:
+        self._broker = broker
+        self._subscriber = subscriber
+        self._endpoint = endpoint
+        self._reactor = reactor
+        self._attempt = 0
+        self._pending: Any = None
+        self._retry: Any = None
+        self._protocol: Any = None
+        self._stopping = False
+        self._gone: Deferred[None] | None = None
+        link = self
+        url = broker.url
+
+        class Linked(protocol):  # type: ignore[misc]  # untyped base
+            def connectionLost(self, why: Any) -> None:
+                try:
+                    super().connectionLost(why)
+                finally:
+                    link._closed(self)
+
+        class Factory(txredisapi.RedisFactory):  # type: ignore[misc]  # untyped base
+            def buildProtocol(self, addr: Any) -> Any:
+                built = Linked(None, password=url.password, username=url.username)
+                built.factory = self
+                built.whenConnected().addCallback(link._ready)
+                return built
+
+            def stopTrying(self) -> None:
+                # txredisapi's protocol calls this when AUTH is refused.
+                link._stopping = True
+
+            def connectionError(self, why: str) -> None:
+                broker.refused(why)
+
+        self._factory = Factory(None, None, 1, isLazy=True, charset=None)
+        self._factory.deferred.addErrback(lambda _: None)  # (its pool's; not used)
+
+    def connect(self) -> None:
+        self._retry = None
+        if self._stopping:
+            return
+        self._attempt += 1
+        self._pending = self._endpoint.connect(self._factory)
+        self._pending.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol: Any) -> None:
+        self._pending = None
+        self._protocol = protocol
+
+    def _ready(self, protocol: Any) -> None:
+        self._attempt = 0
+        if self._stopping:
+            protocol.transport.loseConnection()
+        else:
+            self._broker.ready(protocol, self._subscriber)
+
+    def _failed(self, failure: Any) -> None:
+        self._pending = None
+        if self._stopping:
+            return
+        self._broker.failed(failure.getErrorMessage())
+        self._schedule()
+
+    def _closed(self, protocol: Any) -> None:
+        self._protocol = None
+        self._broker.lost(protocol)
+        if self._gone is not None:
+            self._gone.callback(None)
+            self._gone = None
+        elif not self._stopping:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        # e-fold backoff from _FIRST_RETRY to _LAST_RETRY, with some jitter so
+        # that many workers do not all come back in the same instant.
+        delay = min(_FIRST_RETRY * math.e ** (self._attempt - 1), _LAST_RETRY) * random.uniform(0.85, 1.15)
+        self._retry = self._reactor.callLater(delay, self.connect)
+
+    def stop(self) -> Deferred[None]:
+        self._stopping = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._protocol is None or self._protocol.transport is None:
+            return succeed(None)
+        self._gone = Deferred()
+        self._protocol.transport.loseConnection()
+        return self._gone
+
+
+def _endpoint(reactor: Any, url: BrokerURL) -> Any:
+    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+    endpoint: Any = HostnameEndpoint(reactor, url.host, url.port, timeout=10)
+    if url.tls:
+        from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
+
+        if not url.verify:
+            # ssl_cert_reqs=none: encrypted, not authenticated (the URL asked for it).
+            return wrapClientTLS(CertificateOptions(), endpoint)
+        trust = None
+        if url.ca_certs is not None:
+            from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+            with open(url.ca_certs, "rb") as pem:
+                blocks = pem.read().split(b"-----END CERTIFICATE-----")[:-1]
+            trust = trustRootFromCertificates(
+                [Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n") for block in blocks]
+            )
+        endpoint = wrapClientTLS(optionsForClientTLS(url.host, trustRoot=trust), endpoint)
+    return endpoint
