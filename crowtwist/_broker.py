@@ -139,6 +139,7 @@ class RedisBroker:
         self._subscriber: Any = None
         self._links: list[_Link] = []
         self._warned = False
+        self._up_waiters: list[Deferred[None]] = []
         self._down_since: float | None = None
         self._ever_up = False
         self._running = False
@@ -156,6 +157,14 @@ class RedisBroker:
     def up(self) -> bool:
         """Whether both connections to Redis are ready (publishing goes through Redis)."""
         return self._publisher is not None and self._subscriber is not None
+
+    def when_up(self) -> Deferred[None]:
+        """A Deferred that fires once both connections to Redis are ready (at once if they are)."""
+        if self.up:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._up_waiters.append(waiter)
+        return waiter
 
     # The hub's relay.
 
@@ -220,13 +229,26 @@ class RedisBroker:
     def ready(self, protocol: Any, subscriber: bool) -> None:
         """``protocol`` is connected, AUTH done: the subscriber subscribes to every channel."""
         if subscriber:
-            self._subscriber = protocol
+            # Up once Redis has confirmed the subscriptions: a message published
+            # after that reaches this process (before it, maybe not).
             channels = [self._name(channel) for channel in self._channels()]
-            for start in range(0, len(channels), _SUBSCRIBE_BATCH):
-                batch = channels[start : start + _SUBSCRIBE_BATCH]
-                protocol.subscribe(batch).addErrback(self._command_failed, "SUBSCRIBE")
+            confirmed = [
+                protocol.subscribe(channels[start : start + _SUBSCRIBE_BATCH]).addErrback(
+                    self._command_failed, "SUBSCRIBE"
+                )
+                for start in range(0, len(channels), _SUBSCRIBE_BATCH)
+            ]
+            DeferredList(confirmed).addCallback(lambda _: self._subscribed(protocol))
         else:
             self._publisher = protocol
+            self._maybe_up()
+
+    def _subscribed(self, protocol: Any) -> None:
+        if protocol.connected and self._running:
+            self._subscriber = protocol
+            self._maybe_up()
+
+    def _maybe_up(self) -> None:
         if self.up and self._down_since is not None:
             outage = time.monotonic() - self._down_since
             self._down_since = None
@@ -241,6 +263,11 @@ class RedisBroker:
                 log.info("Redis broker {url} connected", url=str(self.url))
             self._ever_up = True
             self._warned = False
+        if self.up:
+            waiters = self._up_waiters
+            self._up_waiters = []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def lost(self, protocol: Any) -> None:
         """``protocol``'s connection closed (or never got ready): Redis is away until both are back."""

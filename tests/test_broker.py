@@ -1,0 +1,338 @@
+"""Rooms and broadcasts across processes through a real ``redis-server`` on 127.0.0.1.
+
+In-process: two apps (as two machines would be) sharing one Redis, with
+autobahn's client.  Then two ``twistd crow --broker`` processes, with
+websockets' client, through a Redis restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import time
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent
+from websockets.sync.client import connect as ws_connect
+
+from crowtwist import Connection, Crow
+from crowtwist._broker import BrokerURL, parse_broker_url
+
+from .clients import connect_autobahn, within
+from .proc import Server, free_port, twistd
+from .redis_server import RedisServer
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def room_app(url: str) -> tuple[Crow, list[Connection]]:
+    app = Crow()
+    opened: list[Connection] = []
+
+    def joined(conn: Connection) -> None:
+        conn.join(str(conn.params[0]))
+        opened.append(conn)
+
+    room = app.route("/room/<string>").websocket()
+    room.onopen(joined)
+    room.onmessage(lambda conn, data, is_binary: app.publish(str(conn.params[0]), data))
+    everyone = app.route("/all").websocket()
+    everyone.onopen(lambda conn: opened.append(conn))
+    everyone.onmessage(lambda conn, data, is_binary: everyone.broadcast(data))
+    app.broker(url)
+    return app, opened
+
+
+@pytest.fixture
+def two_apps(redis: RedisServer) -> Iterator[Any]:
+    """Two apps, each on its own port, sharing ``redis``; brokers and ports stopped afterwards."""
+    started: list[tuple[Crow, Any]] = []
+
+    def start() -> list[tuple[Crow, list[Connection], int]]:
+        result = []
+        for _ in range(2):
+            app, opened = room_app(redis.url)
+            port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+            app.broker_client.start()  # type: ignore[union-attr]
+            started.append((app, port))
+            result.append((app, opened, port.getHost().port))
+        return result
+
+    yield start
+    for app, port in started:
+        pytest_twisted.blockon(port.stopListening())
+        pytest_twisted.blockon(app.broker_client.stop())  # type: ignore[union-attr]
+
+
+@inlineCallbacks
+def until(condition: Any, what: str, seconds: float = 10.0) -> Any:
+    """Poll ``condition()`` each reactor turn (bounded) until it is true."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield deferLater(reactor, 0.01, lambda: None)  # type: ignore[arg-type]
+
+
+def subscribers(redis: RedisServer, channel: str) -> int:
+    reply = redis.command("PUBSUB", "NUMSUB", channel)
+    return int(reply.rsplit(b":", 1)[1].split(b"\r\n")[0])
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_room_reaches_both_processes_each_connection_once(two_apps: Any, redis: RedisServer) -> Any:
+    """A message published in one app reaches the room's connections in both, each exactly once, the sender's too."""
+    (app1, opened1, port1), (app2, opened2, port2) = two_apps()
+    yield within(app1.broker_client.when_up())
+    yield within(app2.broker_client.when_up())
+    a = yield connect_autobahn(port1, "/room/lobby")
+    b = yield connect_autobahn(port2, "/room/lobby")
+    c = yield connect_autobahn(port2, "/room/elsewhere")
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:lobby") == 2, "both subscriptions")
+    a.sendMessage(b"from one", False)
+    assert (yield a.next_message()) == (b"from one", False)
+    assert (yield b.next_message()) == (b"from one", False)
+    b.sendMessage(b"\x01\x02", True)
+    assert (yield a.next_message()) == (b"\x01\x02", True)
+    assert (yield b.next_message()) == (b"\x01\x02", True)
+    c.sendMessage(b"marker", False)
+    assert (yield c.next_message()) == (b"marker", False)
+    for client in (a, b, c):
+        assert client.messages.pending == []
+    assert app1.broker_client.published == 1 and app2.broker_client.published == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_route_broadcast_reaches_both_processes_in_the_publishers_order(two_apps: Any, redis: RedisServer) -> Any:
+    """``rule.broadcast`` reaches the route's connections in every process, one publisher's messages in order."""
+    (app1, opened1, port1), (app2, opened2, port2) = two_apps()
+    yield within(app1.broker_client.when_up())
+    yield within(app2.broker_client.when_up())
+    a = yield connect_autobahn(port1, "/all")
+    b = yield connect_autobahn(port2, "/all")
+    yield until(lambda: subscribers(redis, "crowtwist:0:route:/all") == 2, "both subscriptions")
+    rule = app1.websocket_rules[1]
+    for n in range(200):
+        rule.broadcast(str(n))
+    for client in (a, b):
+        got = []
+        for _ in range(200):
+            got.append((yield client.next_message())[0])
+        assert got == [str(n).encode() for n in range(200)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_going_away_keeps_local_delivery_and_comes_back(two_apps: Any, redis: RedisServer, logs: Any) -> Any:
+    """Through a Redis restart: connections stay open, delivery stays local meanwhile, and resumes everywhere after."""
+    (app1, opened1, port1), (app2, opened2, port2) = two_apps()
+    yield within(app1.broker_client.when_up())
+    yield within(app2.broker_client.when_up())
+    a = yield connect_autobahn(port1, "/room/r")
+    b = yield connect_autobahn(port2, "/room/r")
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:r") == 2, "both subscriptions")
+    redis.stop()
+    yield until(lambda: not app1.broker_client.up and not app2.broker_client.up, "both brokers to see Redis gone")
+    a.sendMessage(b"during the outage", False)
+    assert (yield a.next_message()) == (b"during the outage", False)  # local delivery goes on
+    assert app1.broker_client.dropped == 1
+    redis.start()
+    yield within(app1.broker_client.when_up(), 30)
+    yield within(app2.broker_client.when_up(), 30)
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:r") == 2, "the rooms subscribed again")
+    b.sendMessage(b"after", False)
+    assert (yield a.next_message()) == (b"after", False)
+    assert (yield b.next_message()) == (b"after", False)
+    assert b.messages.pending == []  # the outage's message never reached the other process
+    assert opened1[0].is_open and opened2[0].is_open
+    lost = [e for e in logs.at(LogLevel.warn) if "lost; reconnecting" in formatEvent(e)]
+    assert len(lost) == 2  # once per outage per process, not once per retry
+    back = [e for e in logs.at(LogLevel.info) if "is back after" in e.get("log_format", "")]
+    assert len(back) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_password_in_the_url_is_used(tmp_path: Path) -> Any:
+    """``redis://:password@host`` authenticates; a wrong password is one error and local delivery goes on."""
+    server = RedisServer(tmp_path, password="s3cret/with:odd@chars").start()
+    try:
+        good, _ = room_app(f"redis://:{'s3cret%2Fwith%3Aodd%40chars'}@127.0.0.1:{server.port}/0")
+        good.broker_client.start()
+        yield within(good.broker_client.when_up())
+        yield good.broker_client.stop()
+        assert not good.broker_client.up
+    finally:
+        server.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_refused_password_is_logged_once_and_not_retried(tmp_path: Path, logs: Any) -> Any:
+    """Redis refusing AUTH is logged as an error, not retried, and the app delivers locally."""
+    server = RedisServer(tmp_path, password="right").start()
+    try:
+        app, _ = room_app(f"redis://:wrong@127.0.0.1:{server.port}")
+        app.broker_client.start()
+        yield until(lambda: any("not reconnecting" in e.get("log_format", "") for e in logs.at(LogLevel.error)),
+                    "the refusal to be logged")
+        assert not app.broker_client.up
+        assert app.broker_client.publish("room:x", b"\x01x") is False
+        yield app.broker_client.stop()
+    finally:
+        server.stop()
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "redis.crt", directory / "redis.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest_twisted.inlineCallbacks
+def test_rediss_with_a_private_ca_and_a_password(tmp_path: Path) -> Any:
+    """``rediss://:password@host/0?ssl_ca_certs=ca.pem`` connects over TLS, verifying the server against that CA."""
+    server = RedisServer(tmp_path, password="pw", tls=make_certificate(tmp_path)).start()
+    try:
+        app, opened = room_app(server.url)
+        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        a = yield connect_autobahn(port.getHost().port, "/room/tls")
+        yield until(lambda: opened, "the connection to open")
+        # Started after the join, so "up" includes Redis's confirmation of the room's subscription.
+        app.broker_client.start()
+        yield within(app.broker_client.when_up())
+        a.sendMessage(b"over tls", False)
+        assert (yield a.next_message()) == (b"over tls", False)
+        assert app.broker_client.received == 1
+        yield port.stopListening()
+        yield app.broker_client.stop()
+    finally:
+        server.stop()
+
+
+def test_broker_urls_are_parsed_or_refused_with_a_reason() -> None:
+    """Redis URLs give host, port, db, credentials and TLS options; malformed ones say what is wrong."""
+    assert parse_broker_url("redis://localhost") == BrokerURL("localhost", 6379, 0, None, None, False, None, True)
+    url = parse_broker_url("rediss://user:p%40ss@[::1]:6380/3?ssl_cert_reqs=none")
+    assert (url.host, url.port, url.db, url.username, url.password, url.tls, url.verify) == (
+        "::1", 6380, 3, "user", "p@ss", True, False)
+    assert str(url) == "rediss://user:***@[::1]:6380/3"
+    assert parse_broker_url("redis://h/?db=2").db == 2
+    for bad, reason in [
+        ("http://h", "scheme is redis:// or rediss://"),
+        ("redis://h:99999", "port is not a number"),
+        ("redis:///0", "names no host"),
+        ("redis://h/zero", "database number"),
+        ("redis://h?timeout=1", "unknown parameter"),
+        ("redis://h?ssl_cert_reqs=none", "need rediss://"),
+        ("rediss://h?ssl_cert_reqs=maybe", "'required' or 'none'"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            parse_broker_url(bad)
+    with pytest.raises(TypeError):
+        parse_broker_url(b"redis://h")  # type: ignore[arg-type]
+    app = Crow()
+    with pytest.raises(ValueError, match="scheme"):
+        app.broker("memcached://h")
+    app.broker("redis://h")
+    app.broker(None)
+    assert app.broker_client is None
+
+
+# Real processes: two twistd crow servers sharing one Redis.
+
+
+def ws_recv(ws: Any) -> Any:
+    return ws.recv(timeout=10)
+
+
+def test_two_twistd_processes_share_rooms_and_broadcasts_through_redis_restarts(redis: RedisServer) -> None:
+    """Two ``twistd crow --broker`` processes: a client on one gets what a client on the other sent,
+    per room and per route, and again after Redis restarts."""
+    ports = [free_port(), free_port()]
+    servers = [
+        Server(twistd("--routes", "tests.broker_routes", "--port", str(port), "--broker", redis.url))
+        for port in ports
+    ]
+    with servers[0], servers[1]:
+        for server, port in zip(servers, ports):
+            server.wait_tcp(port)
+        wait_for_subscribers(redis, "crowtwist:0:route:/all", 0)  # (Redis answers)
+        with contextlib.ExitStack() as clients:
+            a, b, x, y = (
+                clients.enter_context(ws_connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10))
+                for port, path in [(ports[0], "/room/blue"), (ports[1], "/room/blue"), (ports[0], "/all"),
+                                   (ports[1], "/all")]
+            )
+            wait_for_subscribers(redis, "crowtwist:0:room:blue", 2)
+            wait_for_subscribers(redis, "crowtwist:0:route:/all", 2)
+            a.send("hello blue")
+            assert ws_recv(b) == "hello blue" and ws_recv(a) == "hello blue"
+            y.send(b"\x00to all")
+            assert ws_recv(x) == b"\x00to all" and ws_recv(y) == b"\x00to all"
+            redis.restart()
+            wait_for_subscribers(redis, "crowtwist:0:room:blue", 2, seconds=30)
+            wait_for_subscribers(redis, "crowtwist:0:route:/all", 2, seconds=30)
+            wait_for_clients(redis, 4)  # the publishers are back too
+            b.send("after the restart")
+            assert ws_recv(a) == "after the restart" and ws_recv(b) == "after the restart"
+            x.send("all, after")
+            assert ws_recv(y) == "all, after" and ws_recv(x) == "all, after"
+        outputs = [server.stop() for server in servers]
+    for server, output in zip(servers, outputs):
+        assert server.process.returncode == 0, output
+        assert output.count("lost; reconnecting") == 1, output
+        assert "is back after" in output, output
+
+
+def wait_for_subscribers(redis: RedisServer, channel: str, count: int, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if subscribers(redis, channel) >= count:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{channel} did not reach {count} subscriber(s) within {seconds}s")
+        time.sleep(0.02)
+
+
+def wait_for_clients(redis: RedisServer, count: int, seconds: float = 30.0) -> None:
+    """Until Redis has ``count`` clients besides the one asking."""
+    deadline = time.monotonic() + seconds
+    while redis.command("CLIENT", "LIST").count(b"id=") - 1 < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Redis did not reach {count} clients within {seconds}s")
+        time.sleep(0.02)
