@@ -26,11 +26,15 @@ class RedisServer:
     """One redis-server process; ``restart()`` brings it back on the same port (pub/sub state gone)."""
 
     def __init__(
-        self, directory: Path, password: str | None = None, tls: tuple[Path, Path] | None = None
+        self,
+        directory: Path,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+        port: int | None = None,
     ) -> None:
         require_redis()
         self.directory = directory
-        self.port = free_port()
+        self.port = port or free_port()
         self.password = password
         self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None

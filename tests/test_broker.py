@@ -195,6 +195,49 @@ def test_a_refused_password_is_logged_once_and_not_retried(tmp_path: Path, logs:
         server.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def test_an_unreachable_redis_is_logged_once_and_tried_again_until_it_answers(tmp_path: Path, logs: Any) -> Any:
+    """Redis down at start: one warning, retries with backoff, delivery local meanwhile, up once it listens."""
+    port = free_port()
+    app, opened = room_app(f"redis://127.0.0.1:{port}/0")
+    listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    broker = app.broker_client
+    assert broker is not None and "down" in repr(broker)
+    broker.start()
+    broker.start()  # (a second start is a no-op)
+    try:
+        yield until(lambda: any("unreachable" in formatEvent(e) for e in logs.at(LogLevel.warn)), "the warning")
+        a = yield connect_autobahn(listening.getHost().port, "/room/early")
+        a.sendMessage(b"local while down", False)
+        assert (yield a.next_message()) == (b"local while down", False)
+        server = RedisServer(tmp_path, port=port).start()
+        try:
+            yield within(broker.when_up(), 30)
+            assert "up" in repr(broker)
+            a.sendMessage(b"through redis", False)
+            assert (yield a.next_message()) == (b"through redis", False)
+            assert broker.received == 1
+        finally:
+            server.stop()
+        unreachable = [e for e in logs.at(LogLevel.warn) if "unreachable" in formatEvent(e)]
+        assert len(unreachable) == 1
+    finally:
+        yield listening.stopListening()
+        yield broker.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_while_redis_is_away_cancels_the_retries() -> Any:
+    """A broker stopped during an outage stops trying: no connection attempt is left behind."""
+    app, _ = room_app(f"redis://127.0.0.1:{free_port()}/0")
+    broker = app.broker_client
+    broker.start()
+    yield deferLater(reactor, 0, lambda: None)  # (one turn: the first attempt is refused)
+    yield within(broker.stop())
+    assert not broker.up
+    assert broker.publish("room:x", b"\x01x") is False
+
+
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -237,6 +280,11 @@ def test_rediss_with_a_private_ca_and_a_password(tmp_path: Path) -> Any:
         assert app.broker_client.received == 1
         yield port.stopListening()
         yield app.broker_client.stop()
+        # ssl_cert_reqs=none: encrypted without verifying (no CA given)
+        unverified, _ = room_app(f"rediss://:pw@127.0.0.1:{server.port}/0?ssl_cert_reqs=none")
+        unverified.broker_client.start()
+        yield within(unverified.broker_client.when_up())
+        yield unverified.broker_client.stop()
     finally:
         server.stop()
 
