@@ -142,6 +142,7 @@ def test_a_frame_is_built_once_per_broadcast_whatever_the_audience(serve: Any, m
     assert app._websockets.hub.delivered == 8
 
 
+@pytest.mark.fast_paths("compression")
 @pytest_twisted.inlineCallbacks
 def test_a_compressed_connection_gets_broadcasts_through_its_own_deflate(serve: Any) -> Any:
     """A connection with permessage-deflate (websockets' client) gets each broadcast, next to plain ones."""
@@ -230,6 +231,8 @@ def test_bad_rooms_and_messages_are_refused_with_a_clear_error() -> None:
         app.publish(5, "x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="may not be empty"):
         app.publish("", "x")
+    with pytest.raises(ValueError, match="valid Unicode"):
+        app.publish("\ud800", "x")
     with pytest.raises(TypeError, match="not dict"):
         app.publish("r", {"a": 1})  # type: ignore[arg-type]
     app.publish("nobody", "fine")  # a room with no one in it is not an error

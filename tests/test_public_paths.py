@@ -284,6 +284,7 @@ def test_a_forced_child_warns_once_and_serves_an_echo(tmp_path: Path) -> None:
 # The test suites, on the public paths only.
 
 SUITES = [
+    "tests/test_broadcast.py",
     "tests/test_compression.py",
     "tests/test_edges.py",
     "tests/test_end_to_end.py",

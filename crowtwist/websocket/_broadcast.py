@@ -70,12 +70,13 @@ def check_message(message: object) -> tuple[bool, bytes]:
 class Hub:
     """An app's channels and their members in this process (see the module's docstring)."""
 
-    __slots__ = ("_members", "_joined", "relay", "delivered")
+    __slots__ = ("_members", "_route", "_rooms", "relay", "delivered")
 
     def __init__(self) -> None:
         self._members: dict[str, dict[Connection, None]] = {}
-        # A connection's channels, its route's first: what it leaves when it closes.
-        self._joined: dict[Connection, list[str]] = {}
+        # Each open connection's route channel and rooms: what it leaves when it closes.
+        self._route: dict[Connection, str] = {}
+        self._rooms: dict[Connection, set[str]] = {}
         self.relay: Relay | None = None
         self.delivered = 0
         """Frames handed to connections by this hub (one per member per message)."""
@@ -90,39 +91,41 @@ class Hub:
 
     def rooms_of(self, conn: Connection) -> frozenset[str]:
         """The rooms ``conn`` is in."""
-        return frozenset(c[5:] for c in self._joined.get(conn, ())[1:])
+        return frozenset(self._rooms.get(conn, ()))
 
     # Membership.
 
     def opened(self, conn: Connection, pattern: str) -> None:
         """``conn`` opened on the route ``pattern``: it is in the route's channel."""
-        self._joined[conn] = []
-        self._add(route_channel(pattern), conn)
+        channel = self._route[conn] = route_channel(pattern)
+        self._rooms[conn] = set()
+        self._add(channel, conn)
 
     def join(self, conn: Connection, room: str) -> None:
         """``conn`` joins ``room`` (a connection that is not open any more does not)."""
-        joined = self._joined.get(conn)
-        channel = room_channel(room)
-        if joined is None or channel in joined[1:]:
+        rooms = self._rooms.get(conn)
+        if rooms is None or room in rooms:
             return
-        self._add(channel, conn)
+        rooms.add(room)
+        self._add(room_channel(room), conn)
 
     def leave(self, conn: Connection, room: str) -> None:
         """``conn`` leaves ``room`` (if it was in it)."""
-        joined = self._joined.get(conn)
-        channel = room_channel(room)
-        if joined is None or channel not in joined[1:]:
+        rooms = self._rooms.get(conn)
+        if rooms is None or room not in rooms:
             return
-        joined.remove(channel)
-        self._remove(channel, conn)
+        rooms.discard(room)
+        self._remove(room_channel(room), conn)
 
     def closed(self, conn: Connection) -> None:
         """``conn`` closed: it leaves its route's channel and every room."""
-        for channel in self._joined.pop(conn, ()):
-            self._remove(channel, conn)
+        route = self._route.pop(conn, None)
+        if route is not None:
+            self._remove(route, conn)
+        for room in self._rooms.pop(conn, ()):
+            self._remove(room_channel(room), conn)
 
     def _add(self, channel: str, conn: Connection) -> None:
-        self._joined[conn].append(channel)
         members = self._members.get(channel)
         if members is None:
             members = self._members[channel] = {}

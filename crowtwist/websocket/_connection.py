@@ -243,6 +243,10 @@ def check_room(room: object) -> str:
         raise TypeError(f"a room's name is a str, not {type(room).__name__}")
     if not room:
         raise ValueError("a room's name may not be empty")
+    try:
+        room.encode("utf-8")  # (a broker names its channel with it)
+    except UnicodeEncodeError:
+        raise ValueError(f"a room's name must be valid Unicode text, not {room!r}") from None
     return room
 
 
