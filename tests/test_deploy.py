@@ -248,7 +248,9 @@ def silent_proxy(
 def ws(url: str, certs: Certs | None = None, **kwargs: object) -> ClientConnection:
     """The websockets library's client; its own pings off, so only crowtwist's keep a connection busy."""
     tls = certs.context if certs is not None and url.startswith("wss:") else None
-    return connect(url, ssl=tls, open_timeout=10, close_timeout=10, ping_interval=None, max_size=4 << 20, **kwargs)  # type: ignore[arg-type]
+    return connect(  # type: ignore[arg-type]
+        url, ssl=tls, open_timeout=10, close_timeout=10, ping_interval=None, max_size=4 << 20, **kwargs
+    )
 
 
 def get(url: str, certs: Certs) -> tuple[int, bytes]:
@@ -267,9 +269,10 @@ def test_http_route_answers_through_proxy(proxy: Proxy, certs: Certs, scheme: st
 
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_websocket_echo_and_close_through_proxy(proxy: Proxy, certs: Certs, scheme: str) -> None:
-    """Text and a 1 MiB binary message echo through the proxy (ws:// and wss://), and the close handshake carries 1000."""
+    """Text and a 1 MiB binary message echo through the proxy (ws://, wss://); the close handshake carries 1000."""
     big = os.urandom(1 << 20)
     with ws(proxy.url("/echo", scheme), certs) as conn:
+        assert "permessage-deflate" in (conn.response.headers.get("Sec-WebSocket-Extensions") or "")
         conn.send("through the proxy")
         assert conn.recv(timeout=10) == "through the proxy"
         conn.send(big)
@@ -295,7 +298,7 @@ def test_autobahn_client_echo_and_close_through_proxy(proxy: Proxy) -> Iterator[
 
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_forwarded_headers_reach_onaccept(proxy: Proxy, certs: Certs, scheme: str) -> None:
-    """onaccept sees the client's Host and Origin unchanged, one of each, plus X-Forwarded-For and -Proto; the peer is the proxy."""
+    """onaccept sees the client's Host and Origin once each, unchanged, X-Forwarded-For and -Proto, the proxy's IP."""
     port = proxy.https if scheme == "wss" else proxy.http
     with ws(proxy.url("/_headers/ws", scheme), certs, origin=ORIGIN) as conn:
         seen = json.loads(conn.recv(timeout=10))
@@ -318,7 +321,7 @@ def test_forwarded_headers_reach_http_routes(proxy: Proxy, certs: Certs) -> None
 
 
 def test_origin_allow_list_works_through_proxy(proxy: Proxy, certs: Certs) -> None:
-    """--allowed-origin still refuses another page's Origin with 403 through the proxy (it is forwarded, not dropped)."""
+    """--allowed-origin still refuses another page's Origin with 403 through the proxy: Origin is forwarded."""
     with pytest.raises(InvalidStatus) as refused:
         ws(proxy.url("/echo"), certs, origin="https://evil.example")
     assert refused.value.response.status_code == 403
@@ -337,7 +340,7 @@ def test_idle_websocket_outlives_proxy_timeout_with_keepalive(proxy: Proxy, cert
 
 
 def test_idle_websocket_is_cut_by_proxy_timeout_without_keepalive(silent_proxy: Proxy, certs: Certs) -> None:
-    """The control: with pings off, the proxy cuts an idle WebSocket after its timeout (so the test above means something)."""
+    """The control for the test above: with pings off, the proxy cuts an idle WebSocket after its timeout."""
     with ws(silent_proxy.url("/echo"), certs) as conn:
         started = time.monotonic()
         with pytest.raises(ConnectionClosedError):
@@ -347,7 +350,7 @@ def test_idle_websocket_is_cut_by_proxy_timeout_without_keepalive(silent_proxy: 
 
 @pytest.mark.parametrize("name", sorted(STARTERS))
 def test_graceful_stop_reaches_clients_through_proxy(name: str, certs: Certs, tmp_path: Path) -> None:
-    """SIGTERM's 1001 reaches a client through the proxy, twistd exits 0, and the proxy then answers 502 (nginx) or 503 (HAProxy)."""
+    """SIGTERM's 1001 reaches a client through the proxy, twistd exits 0, then the proxy answers 502 or 503."""
     server, port = start_backend()
     with server:
         for proxy in run_proxy(name, tmp_path, port, certs):
@@ -406,7 +409,7 @@ def seconds(value: str) -> float:
 
 
 def test_unit_file_settings() -> None:
-    """The unit is Type=simple, restarts on failure, runs as its own user with hardening, and stops with SIGTERM in time."""
+    """The unit is Type=simple, restarts on failure, runs as its own user, hardened, and stops with SIGTERM in time."""
     service = unit()["Service"]
     argv = shlex.split(service["ExecStart"])
     assert Path(argv[0]).name == "twistd" and argv[1:4] == ["-n", "--pidfile=", "crow"] and "--routes" in argv
@@ -418,7 +421,7 @@ def test_unit_file_settings() -> None:
 
 
 def test_unit_execstart_serves_and_stops_with_1001_and_status_0() -> None:
-    """The unit's ExecStart, run as systemd would (its port made random), serves, and SIGTERM closes WebSockets with 1001 and exits 0."""
+    """The unit's ExecStart (on a random port) serves; its KillSignal closes WebSockets with 1001 and it exits 0."""
     service = unit()["Service"]
     argv = shlex.split(service["ExecStart"])
     port = free_port()
