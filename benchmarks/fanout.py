@@ -292,6 +292,20 @@ class Sub(Handshaking):
         now = perf_ns()
         run = self.run
         counts = run.counts
+        if len(data) == PAYLOAD + 2 and not self.buf and data[0] == 0x82:  # the usual read: one frame
+            seq, sent = unpack_from("<QQ", data, 2)
+            if seq != self.next:
+                run.out_of_order += 1
+            self.next = seq + 1
+            if seq >= run.warmup:
+                run.delays.append(now - sent)
+                run.last_ns = now
+            run.received += 1
+            c = counts[seq] + 1
+            counts[seq] = c
+            if c == run.subscribers:
+                run.complete()
+            return
         buf = self.buf + data if self.buf else data
         pos, end = 0, len(buf)
         while end - pos >= 2:
@@ -432,11 +446,13 @@ async def client(name: str, ports: list[int], pub_port: int, procs: Procs, args,
         "wall_s": wall, "span_s": span_s, "connect_s": connect_s,
         "cpu_s": cpu, "server_cpu_s": server_cpu, "redis_cpu_s": cpu.get("redis"),
         "client_cpu_s": client1 - client0,
+        "received": run.received,  # warm-up included: what the CPU figures cover
         "loadavg_1m": float(open("/proc/loadavg").read().split()[0]),
     }
 
 
 def one_run(name: str, subscribers: int, args, logdir: Path) -> dict:
+    """One run of ``name`` with ``subscribers`` subscribers and ``args.window`` in flight."""
     messages = args.messages or max(50, args.deliveries // subscribers)
     procs = Procs(logdir, name)
     try:
@@ -463,17 +479,22 @@ def cores(cpu: float, wall: float) -> str:
     return f"{cpu / wall:.2f}" if wall else "n/a"
 
 
+def received(r: dict) -> int:
+    """Deliveries the CPU figures cover (warm-up included)."""
+    return r.get("received") or (r["messages"] + 10) * r["subscribers"] - r["losses"]
+
+
 def report(results: list[dict], order: list[str]) -> str:
     lines = [
-        "| subscribers | server | deliveries/s | ratio | p50 delay | p99 delay | losses | skipped "
-        "| server CPU (cores) | Redis CPU | client CPU | each round (deliveries/s) |",
+        "| subscribers, window | server | deliveries/s | ratio | p50 delay | p99 delay | losses | skipped "
+        "| server CPU: cores, µs/delivery | Redis CPU (s) | client CPU: cores, µs/delivery | each round (deliveries/s) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    subs_list = sorted({r["subscribers"] for r in results})
-    for subs in subs_list:
+    groups = sorted({(r["subscribers"], r["window"]) for r in results})
+    for subs, window in groups:
         med: dict[str, dict] = {}
         for name in order:
-            rs = [r for r in results if r["server"] == name and r["subscribers"] == subs]
+            rs = [r for r in results if r["server"] == name and r["subscribers"] == subs and r["window"] == window]
             if not rs:
                 continue
             def m(key, rs=rs):
@@ -484,19 +505,27 @@ def report(results: list[dict], order: list[str]) -> str:
                 "losses": sum(r["losses"] for r in rs), "skipped": sum(r["skipped"] or 0 for r in rs)
                 if any(r["skipped"] is not None for r in rs) else None,
                 "srv": statistics.median(r["server_cpu_s"] / r["wall_s"] for r in rs),
-                "redis": statistics.median(r["redis_cpu_s"] / r["wall_s"] for r in rs) if rs[0]["redis_cpu_s"] is not None else None,
+                "redis": statistics.median(r["redis_cpu_s"] for r in rs) if rs[0]["redis_cpu_s"] is not None else None,
                 "cli": statistics.median(r["client_cpu_s"] / r["wall_s"] for r in rs),
+                "us": statistics.median(r["server_cpu_s"] * 1e6 / received(r) for r in rs),
+                "cli_us": statistics.median(r["client_cpu_s"] * 1e6 / received(r) for r in rs),
                 "rounds": ", ".join(fmt_int(r["deliveries_per_s"]) for r in rs),
             }
-        base = med.get("websockets")
+        # Ratio: the median over rounds of this server / websockets in the same round (runs
+        # minutes apart on a shared machine move more than runs seconds apart).
+        base = {r["round"]: r["deliveries_per_s"] for r in results
+                if r["server"] == "websockets" and r["subscribers"] == subs and r["window"] == window}
         for name, v in med.items():
-            ratio = f"{v['dps'] / base['dps']:.2f}x" if base and base["dps"] else ""
+            ratios = [r["deliveries_per_s"] / base[r["round"]] for r in results
+                      if r["server"] == name and r["subscribers"] == subs and r["window"] == window
+                      and base.get(r["round"])]
+            ratio = f"{statistics.median(ratios):.2f}x" if ratios else ""
             redis = f"{v['redis']:.2f}" if v["redis"] is not None else ""
             lines.append(
-                f"| {subs:,} | {name} | {fmt_int(v['dps'])} | {ratio} | {fmt_us(v['p50'])} | {fmt_us(v['p99'])} "
-                f"| {v['losses']} | {v['skipped'] if v['skipped'] is not None else 'n/a'} | {v['srv']:.2f} "
+                f"| {subs:,}, {window} | {name} | {fmt_int(v['dps'])} | {ratio} | {fmt_us(v['p50'])} | {fmt_us(v['p99'])} "
+                f"| {v['losses']} | {v['skipped'] if v['skipped'] is not None else 'n/a'} | {v['srv']:.2f}, {v['us']:.1f} "
                 f"| {redis} "
-                f"| {v['cli']:.2f} | {v['rounds']} |"
+                f"| {v['cli']:.2f}, {v['cli_us']:.1f} | {v['rounds']} |"
             )
     return "\n".join(lines)
 
@@ -520,21 +549,30 @@ def main() -> None:
     parser.add_argument("--subscribers", default="1000,10000", help="comma-separated counts (default 1000,10000)")
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(SERVERS)}")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the server order rotates each round (3)")
-    parser.add_argument("--deliveries", type=int, default=1_000_000,
-                        help="counted deliveries per run: messages = this / subscribers, at least 50 (1,000,000)")
+    parser.add_argument("--deliveries", type=int, default=500_000,
+                        help="counted deliveries per run: messages = this / subscribers, at least 50 (500,000)")
     parser.add_argument("--messages", type=int, default=0, help="counted messages per run (overrides --deliveries)")
     parser.add_argument("--warmup", type=int, default=10, help="messages sent first and not counted (10)")
-    parser.add_argument("--window", type=int, default=4, help="messages in flight at most (4)")
+    parser.add_argument("--windows", default="1,4",
+                        help="messages in flight at most, one table row each (1,4): 1 gives the delay of "
+                             "one fan-out alone, 4 keeps the server busy while the client reads")
     parser.add_argument("--sources", type=int, default=4, help="loopback source addresses 127.0.0.2... (4)")
     parser.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in progress at once (200)")
     parser.add_argument("--stall", type=float, default=5.0, help="end a run after this long without a delivery (5 s)")
     parser.add_argument("--json", type=Path, help="append one JSON line per run to this file")
     parser.add_argument("--logs", type=Path, help="servers' output folder (default: a temporary one)")
+    parser.add_argument("--report", type=Path, metavar="JSONL",
+                        help="print the table of a --json file's runs, and run nothing")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default=None,
                         help="the client's event loop (default: uvloop if installed)")
     args = parser.parse_args()
 
+    if args.report:
+        rows = [json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]
+        print(report(rows, [s for s in SERVERS if any(r["server"] == s for r in rows)]))
+        return
     subs_list = [int(x) for x in args.subscribers.split(",")]
+    windows = [int(x) for x in args.windows.split(",")]
     order = [s for s in args.servers.split(",") if s]
     for s in order:
         if s not in SERVERS:
@@ -558,25 +596,25 @@ def main() -> None:
     results = []
     for rnd in range(args.rounds):
         rotated = order[rnd % len(order):] + order[:rnd % len(order)]
-        for subs in subs_list:
-            for name in rotated:
-                try:
-                    r = one_run(name, subs, args, logdir)
-                except Exception as e:  # a failed run is reported, the matrix goes on
-                    print(f"fanout: round {rnd + 1} {name} {subs}: FAILED: {e!r}", file=sys.stderr)
-                    continue
-                r["round"] = rnd + 1
-                r["client_loop"] = loop_name
-                results.append(r)
-                print(f"fanout: round {rnd + 1} {name:13} {subs:6}: {r['deliveries_per_s']:>10,.0f} deliveries/s "
-                      f"p50 {fmt_us(r['p50_us'])} p99 {fmt_us(r['p99_us'])} losses {r['losses']} "
-                      f"skipped {r['skipped']} server CPU {r['server_cpu_s']:.2f} s client CPU "
-                      f"{r['client_cpu_s']:.2f} s / {r['wall_s']:.2f} s (connect {r['connect_s']:.1f} s, load {r['loadavg_1m']})",
-                      file=sys.stderr)
-                if args.json:
-                    with args.json.open("a") as f:
-                        f.write(json.dumps(r) + "\n")
-                time.sleep(0.5)
+        for subs, window, name in [(s, w, n) for s in subs_list for w in windows for n in rotated]:
+            args.window = window
+            try:
+                r = one_run(name, subs, args, logdir)
+            except Exception as e:  # a failed run is reported, the matrix goes on
+                print(f"fanout: round {rnd + 1} {name} {subs}: FAILED: {e!r}", file=sys.stderr)
+                continue
+            r["round"] = rnd + 1
+            r["client_loop"] = loop_name
+            results.append(r)
+            print(f"fanout: round {rnd + 1} {name:13} {subs:6} window {window}: {r['deliveries_per_s']:>10,.0f} deliveries/s "
+                  f"p50 {fmt_us(r['p50_us'])} p99 {fmt_us(r['p99_us'])} losses {r['losses']} "
+                  f"skipped {r['skipped']} server CPU {r['server_cpu_s']:.2f} s client CPU "
+                  f"{r['client_cpu_s']:.2f} s / {r['wall_s']:.2f} s (connect {r['connect_s']:.1f} s, load {r['loadavg_1m']})",
+                  file=sys.stderr)
+            if args.json:
+                with args.json.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+            time.sleep(0.5)
     print(report(results, order))
 
 
