@@ -7,8 +7,8 @@ Servers (each started here as child processes on 127.0.0.1 and random ports, sto
   crowtwist-2p   two such twistd processes with --broker redis://... to a redis-server started
                  here; subscribers split evenly between the two ports, the publisher on the first.
                  Each message is PUBLISHed once and each process delivers it to its own members
-                 (the topology ``twistd crow --workers 2 --broker`` would run; there is no
-                 --workers yet, see the notes).
+                 (the topology ``twistd crow --workers 2 --broker`` would run; this tree has
+                 no --workers, see docs/performance-fanout.md).
   websockets     benchmarks/peers/websockets_broadcast.py: websockets' asyncio server, each
                  /pub message is ``websockets.broadcast(subscribers, message)``.
 
@@ -16,16 +16,17 @@ The client is this script (asyncio, on uvloop when it is installed): a minimal R
 on raw sockets, subscribers only read unmasked server frames (and answer pings). The publisher
 sends binary messages of exactly 64 B, each carrying a sequence number and its send time
 (time.perf_counter_ns, the same clock the subscribers read on receipt, same process). It keeps
-at most --window messages in flight: the next message goes when one in flight has reached every
-subscriber. The first --warmup messages are not counted.
+at most WINDOW messages in flight (--windows 1,4: one run each): the next message goes when one
+in flight has reached every subscriber. The first --warmup messages are not counted.
 
 Figures: deliveries/s = counted messages x subscribers received / (last receipt - first counted
 send); p50/p99 delay = receipt - send over every counted delivery (a receipt's time is taken once
 per read, so frames that arrive together share it); losses = deliveries expected - received;
 CPU = utime+stime from /proc over the publishing phase (server processes, Redis, this client).
 
-    .venv/bin/python benchmarks/fanout.py                      # full matrix, 3 rounds (~5 min)
-    .venv/bin/python benchmarks/fanout.py --subscribers 1000 --servers crowtwist-1p --rounds 1
+    .venv/bin/python benchmarks/fanout.py                      # full matrix, 3 rounds (~4.5 min)
+    .venv/bin/python benchmarks/fanout.py --subscribers 1000 --servers crowtwist-1p --windows 1 --rounds 1
+    .venv/bin/python benchmarks/fanout.py --report benchmarks/results/fanout.jsonl   # re-print a --json file
 """
 
 from __future__ import annotations
