@@ -8,7 +8,7 @@ Servers (each started here as child processes on 127.0.0.1 and random ports, sto
                  here; subscribers split evenly between the two ports, the publisher on the first.
                  Each message is PUBLISHed once and each process delivers it to its own members
                  (the topology ``twistd crow --workers 2 --broker`` would run; this tree has
-                 no --workers, see docs/performance-fanout.md).
+                 no --workers, see docs/performance.md, "Fan-out").
   websockets     benchmarks/peers/websockets_broadcast.py: websockets' asyncio server, each
                  /pub message is ``websockets.broadcast(subscribers, message)``.
 
