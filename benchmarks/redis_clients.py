@@ -46,9 +46,9 @@ pubsub.listen()`` in an asyncio task.  Measured, each ``--rounds`` times
   message, in the throughput run and in the round-trip run.  Redis's own CPU
   is not counted.
 
-Neither client has hiredis here unless it is installed (both would use it);
-the figures are with the pure-Python reply parsers unless ``--help``'s
-environment says otherwise (the output names the parser each used).
+Both clients use hiredis when it is installed and a pure-Python reply parser
+otherwise; the table names the parser each one used.  The results and the
+choice they led to are in docs/redis-client-choice.md.
 """
 
 from __future__ import annotations
@@ -259,6 +259,7 @@ def run_redispy_twisted(args: argparse.Namespace, pipelined: bool) -> dict[str, 
     import redis
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred, ensureDeferred, succeed
+    from twisted.internet.task import deferLater
 
     def bridge(coro: Any) -> Deferred[Any]:
         return Deferred.fromFuture(asyncio.ensure_future(coro))
@@ -323,10 +324,20 @@ def run_redispy_twisted(args: argparse.Namespace, pipelined: bool) -> dict[str, 
         await bridge(pubsub.subscribe(CHANNEL))
         box: list[Any] = [(PipelineDriver if pipelined else TaskDriver)(pub)]
         reader = asyncio.ensure_future(subscriber_loop(pubsub, box))
+        # asyncio holds tasks and stream readers weakly: without a strong
+        # reference from outside, this coroutine, its clients and the reader
+        # task are one garbage cycle that gc collects mid-run (under plain
+        # asyncio, asyncio.run's task is that reference).  A broker would
+        # keep them on itself.
+        keep.extend([pub, sub, pubsub, reader])
         try:
             result.update(await measure(box[0], args))
         finally:
+            # Deferreds call back at once, so the measurement may have resumed
+            # inside the subscriber's task: leave it before closing things.
+            await deferLater(reactor, 0, lambda: None)
             reader.cancel()
+            await Deferred.fromFuture(asyncio.gather(reader, return_exceptions=True))
             await bridge(pubsub.aclose())
             await bridge(pub.aclose())
             await bridge(sub.aclose())
@@ -335,8 +346,11 @@ def run_redispy_twisted(args: argparse.Namespace, pipelined: bool) -> dict[str, 
         reactor.stop()
         return outcome
 
+    keep: list[Any] = []
     reactor.callWhenRunning(
-        lambda: ensureDeferred(main()).addErrback(lambda f: result.update(error=f.getTraceback())).addBoth(stop)
+        lambda: keep.append(
+            ensureDeferred(main()).addErrback(lambda f: result.update(error=f.getTraceback())).addBoth(stop)
+        )
     )
     reactor.run()
     result["reactor"] = type(reactor).__name__
@@ -410,6 +424,7 @@ def run_redispy_asyncio(args: argparse.Namespace, pipelined: bool) -> dict[str, 
             return await measure(box[0], args)
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             await pubsub.aclose()
             await pub.aclose()
             await sub.aclose()
@@ -487,7 +502,7 @@ def main() -> None:
                        "--messages", str(args.messages), "--roundtrips", str(args.roundtrips),
                        "--size", str(args.size), "--rounds", str(args.rounds)]
             started = time.monotonic()
-            out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            out = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if out.returncode != 0 or not out.stdout.strip():
                 raise SystemExit(f"{mode} failed:\n{out.stderr}")
             result = json.loads(out.stdout.strip().splitlines()[-1])

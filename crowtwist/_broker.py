@@ -16,6 +16,13 @@ was published meanwhile does not reach the other processes, ever (at most
 once, as Redis pub/sub itself).  Connections to clients stay open; when the
 subscriber is back it subscribes to every channel again.
 
+Redis can also stop answering without closing (a stopped process, a
+partition that drops packets): each connection is PINGed every 10 s and
+made again when the answer is more than 5 s late.  While Redis does not take
+what is published, up to 8 MiB waits in the connection; past that, publishes
+are delivered in this process only, so a stalled Redis cannot grow memory
+without bound.
+
 Redis pub/sub ignores the database number, so it goes into the channel
 names instead: apps on ``/0`` and ``/1`` of one server do not hear each other.
 """
@@ -32,7 +39,10 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 __all__ = ["BrokerURL", "RedisBroker", "parse_broker_url"]
 
@@ -46,6 +56,15 @@ _FIRST_RETRY = 0.2
 _LAST_RETRY = 10.0
 # Channels named in one SUBSCRIBE when subscribing again after an outage.
 _SUBSCRIBE_BATCH = 512
+# Redis can stop answering without closing (a stopped process, a partition
+# that drops packets): each connection is PINGed this often, and dropped
+# (then made again) when the answer is later than _HEALTH_TIMEOUT.
+_HEALTH_INTERVAL = 10.0
+_HEALTH_TIMEOUT = 5.0
+# Bytes published while the connection to Redis does not take them (its
+# transport paused us) before further publishes are delivered locally only:
+# a stalled Redis must not grow this process's memory without bound.
+_MAX_HELD = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,7 @@ class RedisBroker:
         self._links: list[_Link] = []
         self._warned = False
         self._up_waiters: list[Deferred[None]] = []
+        self._flow = _Flow()
         self._down_since: float | None = None
         self._ever_up = False
         self._running = False
@@ -174,6 +194,20 @@ class RedisBroker:
         if publisher is None or self._subscriber is None:
             self.dropped += 1
             return False
+        flow = self._flow
+        if flow.paused:
+            flow.held += len(data)
+            if flow.held > _MAX_HELD:
+                if not flow.warned:
+                    flow.warned = True
+                    log.warn(
+                        "Redis broker {url} is not taking publishes ({held} bytes waiting);"
+                        " delivering in this process only until it does",
+                        url=str(self.url),
+                        held=flow.held,
+                    )
+                self.dropped += 1
+                return False
         self.published += 1
         publisher.publish(self._name(channel), data).addErrback(self._publish_failed)
         return True
@@ -241,6 +275,8 @@ class RedisBroker:
             DeferredList(confirmed).addCallback(lambda _: self._subscribed(protocol))
         else:
             self._publisher = protocol
+            self._flow = _Flow()
+            protocol.transport.registerProducer(self._flow, True)
             self._maybe_up()
 
     def _subscribed(self, protocol: Any) -> None:
@@ -314,6 +350,27 @@ class RedisBroker:
         log.debug("Redis {command} failed: {error}", command=command, error=failure.getErrorMessage())
 
 
+@implementer(IPushProducer)
+class _Flow:
+    """Whether the connection that publishes is taking what we write (its transport's say)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.held = 0
+        self.warned = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.held = 0
+        self.warned = False
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
 class _Link:
     """One connection to Redis, made again with backoff whenever it fails or closes.
 
@@ -335,6 +392,8 @@ class _Link:
         self._protocol: Any = None
         self._stopping = False
         self._gone: Deferred[None] | None = None
+        self._health: LoopingCall | None = None
+        self._pinging = False
         link = self
         url = broker.url
 
@@ -378,8 +437,27 @@ class _Link:
         self._attempt = 0
         if self._stopping:
             protocol.transport.loseConnection()
-        else:
-            self._broker.ready(protocol, self._subscriber)
+            return
+        self._health = LoopingCall(self._check, protocol)
+        self._health.clock = self._reactor
+        self._health.start(_HEALTH_INTERVAL, now=False)
+        self._broker.ready(protocol, self._subscriber)
+
+    def _check(self, protocol: Any) -> None:
+        if self._pinging:
+            return
+        self._pinging = True
+
+        def answered(_: object) -> None:
+            self._pinging = False
+
+        def silent(failure: Any) -> None:
+            self._pinging = False
+            if protocol.transport is not None:
+                # No answer in time: as good as gone, and a dead TCP peer may never say so.
+                protocol.transport.abortConnection()
+
+        protocol.ping().addTimeout(_HEALTH_TIMEOUT, self._reactor).addCallbacks(answered, silent)
 
     def _failed(self, failure: Any) -> None:
         self._pending = None
@@ -390,6 +468,10 @@ class _Link:
 
     def _closed(self, protocol: Any) -> None:
         self._protocol = None
+        if self._health is not None and self._health.running:
+            self._health.stop()
+        self._health = None
+        self._pinging = False
         self._broker.lost(protocol)
         if self._gone is not None:
             self._gone.callback(None)
@@ -412,7 +494,11 @@ class _Link:
         if self._protocol is None or self._protocol.transport is None:
             return succeed(None)
         self._gone = Deferred()
-        self._protocol.transport.loseConnection()
+        transport = self._protocol.transport
+        # A transport with a producer (the publisher's flow) waits for it to
+        # go before it closes; TLS's does, at least.
+        transport.unregisterProducer()
+        transport.loseConnection()
         return self._gone
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from twisted.logger import LogLevel, formatEvent
 from websockets.sync.client import connect as ws_connect
 
 from crowtwist import Connection, Crow
+from crowtwist import _broker
 from crowtwist._broker import BrokerURL, parse_broker_url
 
 from .clients import connect_autobahn, within
@@ -163,6 +165,63 @@ def test_redis_going_away_keeps_local_delivery_and_comes_back(two_apps: Any, red
     assert len(lost) == 2  # once per outage per process, not once per retry
     back = [e for e in logs.at(LogLevel.info) if "is back after" in e.get("log_format", "")]
     assert len(back) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_redis_that_stops_answering_is_dropped_and_found_again(
+    two_apps: Any, redis: RedisServer, monkeypatch: Any
+) -> Any:
+    """A Redis that keeps its sockets open but answers nothing (SIGSTOP) is noticed by PING, and found again."""
+    monkeypatch.setattr(_broker, "_HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(_broker, "_HEALTH_TIMEOUT", 0.3)
+    (app1, opened1, port1), (app2, opened2, port2) = two_apps()
+    yield within(app1.broker_client.when_up())
+    yield within(app2.broker_client.when_up())
+    a = yield connect_autobahn(port1, "/room/s")
+    b = yield connect_autobahn(port2, "/room/s")
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:s") == 2, "both subscriptions")
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        yield until(lambda: not app1.broker_client.up and not app2.broker_client.up, "the silence to be noticed")
+        a.sendMessage(b"while redis sleeps", False)
+        assert (yield a.next_message()) == (b"while redis sleeps", False)
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    yield within(app1.broker_client.when_up(), 30)
+    yield within(app2.broker_client.when_up(), 30)
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:s") >= 2, "the room subscribed again")
+    b.sendMessage(b"awake", False)
+    assert (yield a.next_message()) == (b"awake", False)
+    assert (yield b.next_message()) == (b"awake", False)
+    assert b.messages.pending == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_publishes_a_stalled_redis_does_not_take_are_bounded_then_local(
+    two_apps: Any, redis: RedisServer, monkeypatch: Any, logs: Any
+) -> Any:
+    """Past the bound of what waits for a stalled Redis, publishes go to this process's connections only (one warning)."""
+    monkeypatch.setattr(_broker, "_MAX_HELD", 1024 * 1024)
+    (app1, opened1, port1), _ = two_apps()
+    yield within(app1.broker_client.when_up())
+    a = yield connect_autobahn(port1, "/room/big")
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:big") == 1, "the subscription")
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    chunk = b"m" * (256 * 1024)
+    try:
+        for _ in range(400):  # bounded: kernel buffers on loopback take a few MiB, then the transport pauses
+            app1.publish("big", chunk)
+            if app1.broker_client.dropped:
+                break
+            yield deferLater(reactor, 0, lambda: None)  # (a turn: the transport writes, and may pause us)
+        assert app1.broker_client.dropped == 1
+        assert (yield a.next_message()) == (chunk, True)  # the one over the bound, delivered here
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    warned = [e for e in logs.at(LogLevel.warn) if "is not taking publishes" in formatEvent(e)]
+    assert len(warned) == 1
 
 
 @pytest_twisted.inlineCallbacks
