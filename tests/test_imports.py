@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("websocket", ("crowtwist.websocket", "crowtwist.websocket.*")),
     ("http", ("crowtwist._http", "crowtwist._site")),
     ("helpers", ("crowtwist._routing", "crowtwist._handlers", "crowtwist._headers", "crowtwist._twisted", "crowtwist._peer",
+                 "crowtwist._workers",
                  "crowtwist._speedups")),
     ("settings", ("crowtwist._settings", "crowtwist._version")),
 ]
