@@ -138,8 +138,11 @@ def _binding(description: str) -> _Binding:
 
     recorder = _Recorder(description)
     endpoint = serverFromString(recorder, description)
-    # Any other endpoint calls something the recorder lacks: a failed Deferred, consumed here.
-    endpoint.listen(Factory()).addErrback(lambda _: None)
+    # Any other endpoint asks for something the recorder lacks (AttributeError, at once or in a Deferred).
+    try:
+        endpoint.listen(Factory()).addErrback(lambda _: None)
+    except AttributeError:
+        pass
     if recorder.binding is None:
         raise UnsupportedEndpoint(f"--workers serves tcp:, tcp6: and ssl: endpoints, not {description!r}")
     return recorder.binding
@@ -248,7 +251,8 @@ class Supervisor(Service):
     """Binds the listening sockets, runs ``count`` workers on them, restarts those that die.
 
     ``command`` is each worker's argv (it must adopt its sockets when it finds
-    ``ENVIRONMENT``); ``listen`` the endpoint descriptions, in the order the
+    ``ENVIRONMENT``), run in ``path`` (default: this process's folder) with
+    ``environ`` (default: this process's environment); ``listen`` the endpoint descriptions, in the order the
     worker adopts them.  A worker that dies is restarted after ``backoff``
     seconds, doubling on each death within ``steady`` seconds of its start
     up to ``max_backoff``, back to ``backoff`` after one that ran longer.
@@ -265,6 +269,7 @@ class Supervisor(Service):
         count: int,
         *,
         environ: Mapping[str, str] | None = None,
+        path: str | None = None,
         stop_timeout: float = 15.0,
         reuse_port: bool | None = None,
         backoff: float = 0.5,
@@ -279,6 +284,7 @@ class Supervisor(Service):
         self.bindings = [_binding(description) for description in listen]
         self.count = count
         self.environ = dict(os.environ if environ is None else environ)
+        self.path = path
         self.stop_timeout = stop_timeout
         self.reuse_port = _reuse_port() if reuse_port is None else reuse_port
         self.backoff = backoff
@@ -344,7 +350,9 @@ class Supervisor(Service):
         environ["PYTHONUNBUFFERED"] = "1"  # print() in a handler reaches the log at once, not at exit
         process = _WorkerProcess(self, slot, cast(Any, reactor).seconds())
         slot.process = process
-        cast(Any, reactor).spawnProcess(process, self.command[0], self.command, env=environ, childFDs=fds)
+        cast(Any, reactor).spawnProcess(
+            process, self.command[0], self.command, env=environ, path=self.path, childFDs=fds
+        )
         log.info("worker {index} started (pid {pid})", index=slot.index, pid=process.pid)
 
     def _exited(self, process: _WorkerProcess, reason: Failure) -> None:
@@ -491,6 +499,7 @@ class _ParentWatch:
         self._reactor = reactor
         self._index = index
         self._fd = fd
+        self._stopped = False
 
     def fileno(self) -> int:
         return self._fd
@@ -502,17 +511,23 @@ class _ParentWatch:
             return
         except OSError:
             data = b""
-        if data:
+        if not data:
+            self._reactor.removeReader(self)
+            self._gone()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The epoll reactor reports a pipe's end (EPOLLHUP without data) here, without a doRead.
+        self._gone()
+
+    def _gone(self) -> None:
+        if self._stopped:
             return
-        self._reactor.removeReader(self)
-        log.warn("worker {index}: the parent process is gone; stopping", index=self._index)
+        self._stopped = True
         try:
             self._reactor.stop()
         except ReactorNotRunning:
-            pass
-
-    def connectionLost(self, reason: Failure) -> None:
-        return None
+            return
+        log.warn("worker {index}: the parent process is gone; stopping", index=self._index)
 
     def logPrefix(self) -> str:
         return "parent-watch"
@@ -536,6 +551,7 @@ class _ParentWatchService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         Service.stopService(self)
+        self._watch._stopped = True  # our own stop: the pipe's end (the parent exiting too) is expected
         self._reactor.removeReader(self._watch)
         return None
 
