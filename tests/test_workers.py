@@ -367,7 +367,8 @@ async def test_supervisor_in_process_shares_one_socket(modules: Path, logs: Any)
     """Without SO_REUSEPORT the workers share one socket; both serve, and the stop ends them both."""
     listen = "tcp:0:interface=127.0.0.1"
     supervisor = Supervisor(
-        worker_command(listen), [listen], 2, environ=env(), path=str(modules), reuse_port=False, stop_timeout=20
+        worker_command(listen), [listen], 2, environ=env(), path=str(modules), reuse_port=False, stop_timeout=20,
+        on_give_up=lambda: None,  # never the default here: it would SIGTERM pytest itself
     )
     supervisor.privilegedStartService()
     supervisor.startService()
@@ -406,10 +407,8 @@ async def test_supervisor_kills_a_worker_that_does_not_stop(modules: Path, logs:
     """A worker that ignores SIGTERM is killed after stop_timeout, so stopping always ends."""
     listen = "tcp:0:interface=127.0.0.1"
     ignore = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); sys.stdin.read()"]
-    supervisor = Supervisor(ignore, [listen], 1, environ=env(), stop_timeout=0.5)
+    supervisor = Supervisor(ignore, [listen], 1, environ=env(), stop_timeout=0.5, on_give_up=lambda: None)
     supervisor.startService()
-    ready: Any = None
-
     def printed() -> bool:
         return any(e.get("line") == "ready" for e in logs.events)
 
