@@ -189,6 +189,9 @@ class _Slot:
     restart: IDelayedCall | None = None
 
 
+_LONGEST_LINE = 64 * 1024
+
+
 class _WorkerProcess(ProcessProtocol):
     """One worker process: relays its output lines to the log; tells the supervisor when it exits."""
 
@@ -204,7 +207,11 @@ class _WorkerProcess(ProcessProtocol):
         self.pid = self.transport.pid if self.transport is not None else None
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *lines, self._partial[childFD] = (self._partial.get(childFD, b"") + data).split(b"\n")
+        *lines, rest = (self._partial.get(childFD, b"") + data).split(b"\n")
+        if len(rest) > _LONGEST_LINE:  # output without newlines must not grow the parent without bound
+            lines.append(rest)
+            rest = b""
+        self._partial[childFD] = rest
         for line in lines:
             self._relay(line)
 

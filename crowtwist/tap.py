@@ -258,7 +258,9 @@ class _TwistdService(MultiService):
     A port that cannot be had becomes one line and exit status 1.  A stop
     on SIGTERM or SIGINT that closed every WebSocket is a clean shutdown, so
     the process exits 0 rather than re-raising the signal on itself (what
-    twistd does by default), and supervisors see a completed stop.
+    twistd does by default), and supervisors see a completed stop.  The one
+    exception: a worker ``Supervisor`` that gave up on a crash loop stopped
+    the process with SIGTERM, and twistd then exits by it (non-zero).
     """
 
     def __init__(self, inner: IService) -> None:
