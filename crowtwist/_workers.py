@@ -237,16 +237,14 @@ class _WorkerProcess(ProcessProtocol):
 
 
 def _how(reason: Failure) -> str:
-    status = getattr(reason.value, "status", None)
+    """A worker's end in words: ProcessDone or ProcessTerminated's exit code or signal."""
     sig = getattr(reason.value, "signal", None)
     if sig:
         try:
             return f"killed by {signal.Signals(sig).name}"
         except ValueError:
             return f"killed by signal {sig}"
-    if status is None:
-        return "exit status 0"
-    return f"exit status {getattr(reason.value, 'exitCode', status)}"
+    return f"exit status {getattr(reason.value, 'exitCode', None) or 0}"
 
 
 def _give_up_by_signal() -> None:

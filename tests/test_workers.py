@@ -435,3 +435,64 @@ async def test_supervisor_kills_a_worker_that_does_not_stop(modules: Path, logs:
     assert ready
     await supervisor.stopService()
     assert any("did not stop within" in str(e.get("log_format", "")) for e in logs.events)
+
+
+class FakeReactor:
+    """What the parent watch asks of a reactor: removeReader and stop (which raises once stopped)."""
+
+    def __init__(self) -> None:
+        self.stops = 0
+        self.removed: list[object] = []
+
+    def removeReader(self, reader: object) -> None:
+        self.removed.append(reader)
+
+    def stop(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning()
+
+
+def test_parent_watch_stops_once_at_the_pipes_end() -> None:
+    """Data from the parent is ignored; the pipe's end, by doRead or connectionLost, stops the reactor once."""
+    from twisted.python.failure import Failure
+
+    from crowtwist._workers import _ParentWatch
+
+    read, write = os.pipe()
+    try:
+        reactor = FakeReactor()
+        watch = _ParentWatch(reactor, 1, fd=read)
+        assert watch.fileno() == read and watch.logPrefix() == "parent-watch"
+        os.write(write, b"ignored")
+        watch.doRead()
+        assert reactor.stops == 0
+        os.close(write)
+        write = -1
+        watch.doRead()
+        assert reactor.stops == 1 and reactor.removed == [watch]
+        watch.connectionLost(Failure(Exception("gone")))
+        assert reactor.stops == 1
+        stopped_elsewhere = FakeReactor()
+        stopped_elsewhere.stops = 1  # the reactor was already stopping: no second stop, no log line
+        _ParentWatch(stopped_elsewhere, 2, fd=read).connectionLost(Failure(Exception("gone")))
+        assert stopped_elsewhere.stops == 2
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+def test_exit_descriptions() -> None:
+    """A worker's end is logged as its exit status or the signal that killed it."""
+    from twisted.internet.error import ProcessDone, ProcessTerminated
+    from twisted.python.failure import Failure
+
+    from crowtwist._workers import _how
+
+    assert _how(Failure(ProcessDone(0))) == "exit status 0"
+    assert _how(Failure(ProcessTerminated(exitCode=3))) == "exit status 3"
+    assert _how(Failure(ProcessTerminated(signal=signal.SIGKILL))) == "killed by SIGKILL"
+    assert _how(Failure(ProcessTerminated(signal=99))) == "killed by signal 99"
