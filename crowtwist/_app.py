@@ -336,33 +336,54 @@ class Crow:
             top.addService(listening_service(endpoint, site))
         return top
 
-    def run(self, port: int | None = None, host: str | None = None) -> None:
+    def run(self, port: int | None = None, host: str | None = None, workers: int | str = 1) -> None:
         """Serve until interrupted, like Crow's ``app.port(18080).run()``.
 
         Ctrl-C (or SIGTERM) closes open WebSockets with 1001 before the process exits.
+        ``workers=N`` (or ``"auto"``, one per CPU) runs this script N more times
+        as worker processes sharing the port, restarted when they die; this
+        process only supervises them (docs/deploy.md, "Workers").
         """
         from twisted.internet import reactor
         from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        from ._workers import Supervisor, adopted_endpoints, script_command, worker_count, worker_observer
+        from ._workers import worker_service, worker_sockets
 
         if port is not None:
             self._port = port
         if host is not None:
             self._host = host
+        count = worker_count(workers, "workers")
         from twisted.internet.error import CannotListenError
         from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
 
         level = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-        globalLogBeginner.beginLoggingTo(
-            [FilteringLogObserver(textFileLogObserver(sys.stderr), [level])], redirectStandardIO=False
-        )
-        service = self.service()
+        # A worker (this script run again by its parent) writes bare lines; the parent stamps them.
+        worker = worker_sockets()
+        sink = textFileLogObserver(sys.stderr) if worker is None else worker_observer(sys.stderr)
+        globalLogBeginner.beginLoggingTo([FilteringLogObserver(sink, [level])], redirectStandardIO=False)
+        endpoint = f"tcp:{self._port}:interface={self._host}"
+        service: Service
+        if worker is not None:
+            service = worker_service(self.service(*adopted_endpoints([endpoint], worker.fds)), worker.index)
+        elif count > 1:
+            service = Supervisor(
+                script_command(), [endpoint], count, stop_timeout=2 * self._settings.close_timeout + 5
+            )
+        else:
+            service = self.service()
         try:
             service.startService()
         except CannotListenError as error:
             raise SystemExit(f"crowtwist: cannot listen on {self._host}:{self._port}: {error.socketError}") from None
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-        log.info("crowtwist serving on {host}:{port}", host=self._host, port=self._port)
+        if worker is None:
+            log.info("crowtwist serving on {host}:{port}{workers}", host=self._host, port=self._port,
+                     workers=f" with {count} workers" if count > 1 else "")
         reactor.run()
+        if isinstance(service, Supervisor) and service.failed:
+            raise SystemExit("crowtwist: the workers kept failing at start-up (see above); stopped")
 
 
 class _Closer(Service):

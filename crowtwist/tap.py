@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from typing import Any
+from collections.abc import Sequence
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
@@ -22,6 +23,7 @@ from ._app import Crow
 from ._broker import check_client_installed, parse_broker_url
 from ._settings import DEFAULT_PORT, check_positive
 from ._twisted import forget_exit_signal
+from ._workers import Supervisor, UnsupportedEndpoint, adopted_endpoints, worker_count, worker_service, worker_sockets
 from .websocket._origin import OriginPolicy
 
 __all__ = ["Options", "load_app", "makeService"]
@@ -117,6 +119,9 @@ class Options(usage.Options):
          "Bytes a connection may leave unread by a slow peer ('none': no bound). [default: 4194304]"],
         ["send-buffer-policy", None, None, "Over --max-send-buffer: 'close' (1008) or 'wait'. [default: close]"],
         ["max-connections", None, None, "Open WebSockets at once; more get 503 ('none': no cap)."],
+        ["workers", "w", None,
+         "Worker processes serving the --listen sockets (tcp:, tcp6:, ssl:); 'auto': one per CPU;"
+         " a worker that dies is restarted. [default: 1]"],
         ["max-queue", None, None,
          "Messages a connection buffers while a handler is pending; then it stops reading ('none': no bound)."
          " [default: 16]"],
@@ -136,6 +141,12 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["listen"] = []
         self["allowed-origin"] = []
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Kept for the workers' command line: whatever crow options exist, they pass through unchanged.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        usage.Options.parseOptions(self, options)
 
     def opt_allowed_origin(self, pattern: str) -> None:
         """An origin allowed to open WebSockets (scheme://host[:port], '*' wildcards in the
@@ -163,6 +174,10 @@ class Options(usage.Options):
         for name in ("keepalive-interval", "keepalive-timeout", "close-timeout", "handshake-timeout"):
             if self[name] is not None:
                 self[name] = _positive(name, self[name], float, allow_none=name != "close-timeout")
+        try:
+            self["workers"] = worker_count(self["workers"] or 1)
+        except ValueError as error:
+            raise _fail(str(error)) from None
         if self["send-buffer-policy"] not in (None, "close", "wait"):
             raise _fail(f"--send-buffer-policy is 'close' or 'wait', not {self['send-buffer-policy']!r}")
         try:
@@ -215,11 +230,38 @@ def makeService(options: Options) -> IService:
     except LoadError as error:
         raise _fail(str(error)) from None
     configure(app, options)
+    # A worker (started by a parent below) serves on the sockets it inherited; --workers is the parent's.
+    worker = worker_sockets()
     try:
-        service = app.service(*options["listen"])
+        if worker is not None:
+            service: IService = worker_service(app.service(*adopted_endpoints(options["listen"], worker.fds)), worker.index)
+        elif options["workers"] > 1:
+            # The parent only supervises: it never starts the app's own service.
+            service = Supervisor(
+                _worker_command(options), options["listen"], options["workers"],
+                stop_timeout=2 * app.settings.close_timeout + 5,
+            )
+        else:
+            service = app.service(*options["listen"])
+    except UnsupportedEndpoint as error:
+        raise _fail(str(error)) from None
     except (ValueError, TypeError, KeyError) as error:
         raise _fail(f"bad --listen endpoint: {error}") from None
     return _TwistdService(service)
+
+
+_TWISTD = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
+"""``twistd`` as ``python -c`` runs it: the same interpreter and path as this process, whatever the bin folder."""
+
+
+def _worker_command(options: Options) -> list[str]:
+    """A worker's command: twistd in the foreground, no pidfile (the parent's is the parent's), bare log lines
+    (the parent stamps them), the parent's reactor, and this process's own ``crow`` arguments."""
+    command = [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "--logger=crowtwist._workers.worker_observer"]
+    reactor = options.parent.get("reactor") if options.parent is not None else None
+    if reactor:
+        command.append(f"--reactor={reactor}")
+    return [*command, "crow", *options.argv]
 
 
 class _TwistdService(MultiService):
@@ -228,12 +270,15 @@ class _TwistdService(MultiService):
     A port that cannot be had becomes one line and exit status 1.  A stop
     on SIGTERM or SIGINT that closed every WebSocket is a clean shutdown, so
     the process exits 0 rather than re-raising the signal on itself (what
-    twistd does by default), and supervisors see a completed stop.
+    twistd does by default), and supervisors see a completed stop.  The one
+    exception: a worker ``Supervisor`` that gave up on a crash loop stopped
+    the process with SIGTERM, and twistd then exits by it (non-zero).
     """
 
-    def __init__(self, inner: MultiService) -> None:
+    def __init__(self, inner: IService) -> None:
         MultiService.__init__(self)
         MultiService.addService(self, inner)
+        self._inner = inner
 
     def privilegedStartService(self) -> None:
         try:
@@ -243,6 +288,8 @@ class _TwistdService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         stopped: Deferred[None] = MultiService.stopService(self)
+        if isinstance(self._inner, Supervisor) and self._inner.failed:
+            return stopped  # the workers kept failing: twistd exits by the signal, not 0
         return stopped.addCallback(_clean_exit)
 
 

@@ -33,7 +33,9 @@ def env(**extra: str) -> dict[str, str]:
 class Server:
     """A server process; ``stop()`` sends SIGTERM and waits, bounded."""
 
-    def __init__(self, args: list[str], cwd: Path = ROOT, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path = ROOT, environ: dict[str, str] | None = None, session: bool = False
+    ) -> None:
         # A file, not a pipe: nobody reads while the server runs, and a full pipe would block it.
         self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
@@ -43,6 +45,8 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its own process group, for a test that signals the whole group as a terminal's Ctrl-C does.
+            start_new_session=session,
         )
         self.output = ""
 

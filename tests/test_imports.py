@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("resource", ("crowtwist._resource",)),
     ("websocket", ("crowtwist.websocket", "crowtwist.websocket.*")),
     ("http", ("crowtwist._http", "crowtwist._site")),
-    ("helpers", ("crowtwist._routing", "crowtwist._handlers", "crowtwist._headers", "crowtwist._twisted", "crowtwist._peer", "crowtwist._broker",
+    ("helpers", ("crowtwist._routing", "crowtwist._handlers", "crowtwist._headers", "crowtwist._twisted", "crowtwist._peer",
+                 "crowtwist._broker", "crowtwist._workers",
                  "crowtwist._speedups")),
     ("settings", ("crowtwist._settings", "crowtwist._version")),
 ]
