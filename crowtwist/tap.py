@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ._app import Crow
@@ -27,6 +28,8 @@ from ._workers import Supervisor, UnsupportedEndpoint, adopted_endpoints, worker
 from .websocket._origin import OriginPolicy
 
 __all__ = ["Options", "load_app", "makeService"]
+
+log = Logger(namespace="crowtwist")
 
 
 class LoadError(Exception):
@@ -237,6 +240,12 @@ def makeService(options: Options) -> IService:
             service: IService = worker_service(app.service(*adopted_endpoints(options["listen"], worker.fds)), worker.index)
         elif options["workers"] > 1:
             # The parent only supervises: it never starts the app's own service.
+            if app.websocket_rules and app.broker_client is None:
+                log.info(
+                    "--workers {workers} without --broker: rule.broadcast, rooms and app.publish reach"
+                    " the connections of the worker that sends them only",
+                    workers=options["workers"],
+                )
             service = Supervisor(
                 _worker_command(options), options["listen"], options["workers"],
                 stop_timeout=2 * app.settings.close_timeout + 5,

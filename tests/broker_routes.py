@@ -3,6 +3,7 @@
 ``/room/<string>``: joins that room; each message is published to it.
 ``/all``: each message is broadcast to every ``/all`` connection.
 ``/pid``: an HTTP route answering this process's id.
+``/whoami``: a WebSocket that says this process's id when it opens, and is in the room ``w``.
 """
 
 from __future__ import annotations
@@ -31,3 +32,14 @@ room.onmessage(lambda conn, data, is_binary: app.publish(str(conn.params[0]), da
 
 everyone = app.route("/all").websocket()
 everyone.onmessage(lambda conn, data, is_binary: everyone.broadcast(data))
+
+whoami = app.route("/whoami").websocket()
+
+
+@whoami.onopen
+def say_pid(conn: Connection) -> None:
+    conn.join("w")
+    conn.send_text(str(os.getpid()))
+
+
+whoami.onmessage(lambda conn, data, is_binary: app.publish("w", data))

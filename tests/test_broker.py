@@ -423,6 +423,35 @@ def test_two_twistd_processes_share_rooms_and_broadcasts_through_redis_restarts(
         assert "is back after" in output, output
 
 
+def test_workers_share_rooms_through_the_broker(redis: RedisServer) -> None:
+    """Under ``--workers 2 --broker``, a room's message reaches its connections in both workers, each once."""
+    port = free_port()
+    with Server(twistd("--routes", "tests.broker_routes", "--port", str(port), "--workers", "2",
+                       "--broker", redis.url)) as server:
+        server.wait_tcp(port)
+        with contextlib.ExitStack() as clients:
+            by_pid: dict[int, Any] = {}
+            for _ in range(64):  # bounded: the kernel spreads connections over both workers' sockets
+                ws = clients.enter_context(ws_connect(f"ws://127.0.0.1:{port}/whoami", open_timeout=10))
+                pid = int(ws_recv(ws))
+                if pid in by_pid:
+                    ws.close()
+                else:
+                    by_pid[pid] = ws
+                if len(by_pid) == 2:
+                    break
+            assert len(by_pid) == 2
+            wait_for_subscribers(redis, "crowtwist:0:room:w", 2)
+            first, second = by_pid.values()
+            first.send("across workers")
+            assert ws_recv(second) == "across workers" and ws_recv(first) == "across workers"
+            second.send(b"back")
+            assert ws_recv(first) == b"back" and ws_recv(second) == b"back"
+        output = server.stop()
+    assert server.process.returncode == 0, output
+    assert "without --broker" not in output
+
+
 def wait_for_subscribers(redis: RedisServer, channel: str, count: int, seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while True:

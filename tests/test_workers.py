@@ -165,6 +165,7 @@ def test_two_workers_serve_and_sigterm_closes_with_1001(modules: Path, onclose_l
     assert {int(line.split()[0]) for line in closes} == pids
     assert "[worker 1]" in output and "[worker 2]" in output
     assert "one socket per worker (SO_REUSEPORT)" in output
+    assert "without --broker" in output  # (broadcasts stay within a worker: said once, at start)
     assert "Traceback" not in output and "restarting" not in output
     assert not any(alive(pid) for pid in pids)
 
