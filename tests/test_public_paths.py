@@ -303,6 +303,7 @@ SUITES = [
 ]
 # Every one marked fast_paths, each with what the public paths give up (tests/conftest.py's GIVE_UPS).
 EXPECTED_SKIPS = {
+    "tests.test_broadcast::test_a_compressed_connection_gets_broadcasts_through_its_own_deflate",
     "tests.test_robustness::test_a_failed_connection_delivers_its_replies_and_close_frame[crow-site-bad-utf8-1007]",
     "tests.test_robustness::test_a_failed_connection_delivers_its_replies_and_close_frame[crow-site-rsv-bit-1002]",
     "tests.test_robustness::test_a_failed_connection_delivers_its_replies_and_close_frame[crow-site-too-big-1009]",
