@@ -7,8 +7,9 @@ Servers (each started here as child processes on 127.0.0.1 and random ports, sto
   crowtwist-2p   two such twistd processes with --broker redis://... to a redis-server started
                  here; subscribers split evenly between the two ports, the publisher on the first.
                  Each message is PUBLISHed once and each process delivers it to its own members
-                 (the topology ``twistd crow --workers 2 --broker`` would run; this tree has
-                 no --workers, see docs/performance.md, "Fan-out").
+                 (the topology ``twistd crow --workers 2 --broker`` runs, on two ports).
+  crowtwist-2w   ``twistd crow --workers 2 --broker redis://...``: one port, the kernel spreads
+                 the subscribers over the two workers (SO_REUSEPORT), the publisher lands on one.
   websockets     benchmarks/peers/websockets_broadcast.py: websockets' asyncio server, each
                  /pub message is ``websockets.broadcast(subscribers, message)``.
 
@@ -51,7 +52,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-SERVERS = ("crowtwist-1p", "crowtwist-2p", "websockets")
+SERVERS = ("crowtwist-1p", "crowtwist-2p", "crowtwist-2w", "websockets")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 PAYLOAD = 64
@@ -117,6 +118,7 @@ class Procs:
         self.logdir = logdir
         self.name = name
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.redis_port = 0
 
     def start(self, role: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.logdir / f"{self.name}-{role}.log", "ab")
@@ -178,6 +180,15 @@ def start_servers(name: str, procs: Procs) -> tuple[list[int], int]:
         ports = [free_port(), free_port()]
         for i, port in enumerate(ports):
             procs.start(f"twistd{i}", twistd_argv(port, f"redis://127.0.0.1:{rport}/0"), env)
+    elif name == "crowtwist-2w":
+        rport = free_port()
+        procs.start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        wait_tcp(rport)
+        procs.redis_port = rport
+        port = free_port()
+        procs.start("twistd", twistd_argv(port, f"redis://127.0.0.1:{rport}/0") + ["--workers", "2"], env)
+        ports = [port]
     elif name == "websockets":
         port = free_port()
         procs.start("websockets", [sys.executable, str(HERE / "peers" / "websockets_broadcast.py"),
@@ -193,6 +204,26 @@ def start_servers(name: str, procs: Procs) -> tuple[list[int], int]:
 def stats(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
         return json.loads(r.read())
+
+
+def worker_stats(port: int, workers: int = 2) -> list[dict]:
+    """Each worker's /stats behind one port: fresh connections until every pid has answered (bounded)."""
+    seen: dict[int, dict] = {}
+    for _ in range(200):
+        s = stats(port)
+        seen[s["pid"]] = s
+        if len(seen) == workers:
+            break
+    return list(seen.values())
+
+
+def numsub(port: int, channel: str) -> int:
+    """Redis's PUBSUB NUMSUB for ``channel`` (plain RESP over a socket)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        parts = [b"PUBSUB", b"NUMSUB", channel.encode()]
+        sock.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+        reply = sock.recv(4096)
+    return int(reply.rsplit(b":", 1)[1].split(b"\r\n")[0])
 
 
 # ----------------------------------------------------------------------------- client
@@ -402,8 +433,16 @@ async def client(name: str, ports: list[int], pub_port: int, procs: Procs, args,
     # Every subscriber is registered with its server (and, with Redis, subscribed) before the first send.
     deadline = time.monotonic() + 20
     while True:
-        seen = [await loop.run_in_executor(None, stats, p) for p in ports]
-        if sum(s["subscribers"] for s in seen) >= subscribers or time.monotonic() > deadline:
+        if name == "crowtwist-2w":
+            # Behind one port: every subscriber has its 101, so it is in its worker's hub; both
+            # workers must have Redis's confirmation of the route's channel.
+            seen = await loop.run_in_executor(None, worker_stats, ports[0])
+            ready = len(seen) == 2 and numsub(procs.redis_port, "crowtwist:0:route:/sub") == 2 and \
+                sum(s["subscribers"] for s in seen) >= subscribers
+        else:
+            seen = [await loop.run_in_executor(None, stats, p) for p in ports]
+            ready = sum(s["subscribers"] for s in seen) >= subscribers
+        if ready or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.3)
@@ -420,7 +459,7 @@ async def client(name: str, ports: list[int], pub_port: int, procs: Procs, args,
                 break
             last = run.received
     cpu1, client1, wall1 = procs.cpu(), time.process_time(), time.monotonic()
-    server_stats = [stats(p) for p in ports]
+    server_stats = worker_stats(ports[0]) if name == "crowtwist-2w" else [stats(p) for p in ports]
 
     for s in subs:
         s.transport.abort()
