@@ -80,15 +80,16 @@ def test_wheel_in_fresh_venv(tmp_path: Path) -> None:
 
 
 def _declared_bounds() -> dict[str, tuple[str, str | None]]:
-    """setup.cfg's (floor, ceiling) for Twisted and autobahn."""
+    """setup.cfg's (floor, ceiling) for Twisted, autobahn, and the redis extra's txredisapi."""
     import configparser
     import re
 
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     bounds: dict[str, tuple[str, str | None]] = {}
-    for line in config["options"]["install_requires"].splitlines():
-        found = re.match(r"(twisted|autobahn)(?:\[\w+\])?>=([\d.]+)(?:,<=([\d.]+))?", line.strip())
+    lines = config["options"]["install_requires"].splitlines() + config["options.extras_require"]["redis"].splitlines()
+    for line in lines:
+        found = re.match(r"(twisted|autobahn|txredisapi)(?:\[\w+\])?>=([\d.]+)(?:,<=([\d.]+))?", line.strip())
         if found:
             bounds[found.group(1)] = (found.group(2), found.group(3))
     return bounds
@@ -105,7 +106,7 @@ def test_the_suite_runs_at_a_declared_bound() -> None:
     from importlib.metadata import version
 
     bounds = _declared_bounds()
-    assert set(bounds) == {"twisted", "autobahn"} and all(ceiling for _, ceiling in bounds.values())
+    assert set(bounds) == {"twisted", "autobahn", "txredisapi"} and all(ceiling for _, ceiling in bounds.values())
     at_floors = os.environ.get("CROWTWIST_FLOORS") == "1"
     for name, (floor, ceiling) in bounds.items():
         expected = floor if at_floors else ceiling
