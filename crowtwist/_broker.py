@@ -9,19 +9,24 @@ which delivers it to its members: so each connection gets it exactly once,
 and one publisher's messages arrive in the order it sent them (one
 connection to Redis, and Redis keeps the order of a connection's commands).
 
-When Redis goes away both connections reconnect with backoff (txredisapi's
-``ClientService`` slots), the outage is logged once, and until both are back
-``publish`` answers False, so the hub delivers in this process only: what
-was published meanwhile does not reach the other processes, ever (at most
-once, as Redis pub/sub itself).  Connections to clients stay open; when the
-subscriber is back it subscribes to every channel again.
+A connection counts once Redis has answered a PING on it (after AUTH, and
+after the TLS handshake for ``rediss://``); the broker is up once both do
+and Redis has confirmed the subscriptions.  When Redis goes away, both
+connections are dropped together (so nothing published before the outage
+arrives after what was delivered locally during it), the outage is logged
+once, and both are made again with backoff; until then ``publish`` answers
+False and the hub delivers in this process only: what was published
+meanwhile does not reach the other processes, ever (at most once, as Redis
+pub/sub itself).  Connections to clients stay open; when the subscriber is
+back it subscribes to every channel again, and joins made while it does are
+subscribed too.
 
 Redis can also stop answering without closing (a stopped process, a
-partition that drops packets): each connection is PINGed every 10 s and
-made again when the answer is more than 5 s late.  While Redis does not take
-what is published, up to 8 MiB waits in the connection; past that, publishes
-are delivered in this process only, so a stalled Redis cannot grow memory
-without bound.
+partition that drops packets): a PUBLISH unanswered for 2 s, more than
+8 MiB of publishes waiting in the connection, or a PING unanswered for 3 s
+(each connection is PINGed every 5 s) counts as Redis going away.  Redis
+refusing a command (an ACL without channel permissions: NOPERM) does too,
+logged as an error, and the refused message is delivered here.
 
 Redis pub/sub ignores the database number, so it goes into the channel
 names instead: apps on ``/0`` and ``/1`` of one server do not hear each other.
@@ -33,6 +38,7 @@ import importlib.util
 import math
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
@@ -42,6 +48,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["BrokerURL", "RedisBroker", "parse_broker_url"]
@@ -59,8 +66,12 @@ _SUBSCRIBE_BATCH = 512
 # Redis can stop answering without closing (a stopped process, a partition
 # that drops packets): each connection is PINGed this often, and dropped
 # (then made again) when the answer is later than _HEALTH_TIMEOUT.
-_HEALTH_INTERVAL = 10.0
-_HEALTH_TIMEOUT = 5.0
+_HEALTH_INTERVAL = 5.0
+_HEALTH_TIMEOUT = 3.0
+# A PUBLISH unanswered this long means Redis is not there (its answers take
+# well under a millisecond; our own busy reactor may delay reading them a
+# little): noticed at the next publish, sooner than a PING would.
+_STALL = 2.0
 # Bytes published while the connection to Redis does not take them (its
 # transport paused us) before further publishes are delivered locally only:
 # a stalled Redis must not grow this process's memory without bound.
@@ -155,31 +166,39 @@ class RedisBroker:
         self._channels = channels
         self._prefix = f"crowtwist:{self.url.db}:"
         self._publisher: Any = None
+        self._subscribing: Any = None
+        """The subscriber connection once it answered: joins are subscribed on it from then on."""
         self._subscriber: Any = None
+        """The same, once Redis confirmed every subscription it had at the start."""
         self._links: list[_Link] = []
-        self._warned = False
-        self._up_waiters: list[Deferred[None]] = []
+        self._inflight: deque[float] = deque()
         self._flow = _Flow()
+        self._warned = False
+        self._refused_auth = False
+        self._up_waiters: list[Deferred[None]] = []
         self._down_since: float | None = None
         self._ever_up = False
         self._running = False
+        self._response_error: type[Exception] = Exception
         self.published = 0
         """Messages handed to Redis by this process."""
         self.received = 0
         """Messages Redis brought to this process."""
         self.dropped = 0
-        """Messages published while Redis was away: delivered in this process only."""
+        """Messages published while Redis was away (or refused by it): delivered in this process only."""
+        self.unconfirmed = 0
+        """Messages handed to Redis whose connection was lost before it answered (delivered or not)."""
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self.url} {'up' if self.up else 'down'}>"
 
     @property
     def up(self) -> bool:
-        """Whether both connections to Redis are ready (publishing goes through Redis)."""
+        """Whether publishing goes through Redis: both connections answer, the subscriptions are confirmed."""
         return self._publisher is not None and self._subscriber is not None
 
     def when_up(self) -> Deferred[None]:
-        """A Deferred that fires once both connections to Redis are ready (at once if they are)."""
+        """A Deferred that fires once the broker is ``up`` (at once if it is)."""
         if self.up:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -189,40 +208,68 @@ class RedisBroker:
     # The hub's relay.
 
     def publish(self, channel: str, data: bytes) -> bool:
-        """PUBLISH ``data`` on ``channel``; False while Redis is away (deliver locally)."""
+        """PUBLISH ``data`` on ``channel``; False while Redis is away (the hub delivers locally)."""
         publisher = self._publisher
         if publisher is None or self._subscriber is None:
+            self.dropped += 1
+            return False
+        inflight = self._inflight
+        now = time.monotonic()
+        if inflight and now - inflight[0] > _STALL:
+            self._gone(f"not answering (a PUBLISH unanswered for {now - inflight[0]:.1f} s)")
             self.dropped += 1
             return False
         flow = self._flow
         if flow.paused:
             flow.held += len(data)
             if flow.held > _MAX_HELD:
-                if not flow.warned:
-                    flow.warned = True
-                    log.warn(
-                        "Redis broker {url} is not taking publishes ({held} bytes waiting);"
-                        " delivering in this process only until it does",
-                        url=str(self.url),
-                        held=flow.held,
-                    )
+                self._gone(f"not taking publishes ({flow.held} bytes waiting)")
                 self.dropped += 1
                 return False
+        inflight.append(now)
         self.published += 1
-        publisher.publish(self._name(channel), data).addErrback(self._publish_failed)
+        publisher.publish(self._name(channel), data).addBoth(self._published, publisher, channel, data)
         return True
+
+    def _published(self, result: Any, publisher: Any, channel: str, data: bytes) -> None:
+        if publisher is not self._publisher:
+            self.unconfirmed += 1  # (its connection is gone: Redis may or may not have had it)
+            return
+        if self._inflight:
+            self._inflight.popleft()
+        error = self._refusal(result)
+        if error is not None:
+            # Refused, so delivered nowhere: here, at least, as while Redis is away.
+            self.dropped += 1
+            self._deliver(channel, data)
+            self._gone(f"refused PUBLISH ({error})", refused=True)
+        elif isinstance(result, Failure):
+            self.unconfirmed += 1
 
     def subscribe(self, channel: str) -> None:
         """This process has members in ``channel`` now."""
-        subscriber = self._subscriber
+        subscriber = self._subscribing
         if subscriber is not None:
-            subscriber.subscribe([self._name(channel)]).addErrback(self._command_failed, "SUBSCRIBE")
+            subscriber.subscribe([self._name(channel)]).addBoth(self._check_subscribe, subscriber)
 
     def unsubscribe(self, channel: str) -> None:
         """This process has no members in ``channel`` any more."""
-        subscriber = self._subscriber
+        subscriber = self._subscribing
         if subscriber is not None:
-            subscriber.unsubscribe([self._name(channel)]).addErrback(self._command_failed, "UNSUBSCRIBE")
+            subscriber.unsubscribe([self._name(channel)]).addErrback(lambda _: None)  # (gone: nothing to undo)
+
+    def _check_subscribe(self, result: Any, subscriber: Any) -> None:
+        error = self._refusal(result)
+        if error is not None and subscriber is self._subscribing:
+            self._gone(f"refused SUBSCRIBE ({error})", refused=True)
+
+    def _refusal(self, result: Any) -> str | None:
+        """Redis's error reply in ``result`` (a value or a Failure, as txredisapi gives them), if any."""
+        if isinstance(result, Failure):
+            result = result.value
+        if isinstance(result, self._response_error):
+            return str(result)
+        return None
 
     def _name(self, channel: str) -> bytes:
         return (self._prefix + channel).encode("utf-8")
@@ -239,11 +286,13 @@ class RedisBroker:
             return
         self._running = True
         self._down_since = time.monotonic()
+        self._response_error = txredisapi.ResponseError
         broker = self
 
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # untyped base
             def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
-                broker._received(channel, message)
+                if self is broker._subscribing:  # (not a connection being dropped)
+                    broker._received(channel, message)
 
         endpoint = _endpoint(reactor, self.url)
         self._links = [
@@ -257,35 +306,42 @@ class RedisBroker:
         """Stop reconnecting and close both connections."""
         self._running = False
         links, self._links = self._links, []
-        self._publisher = self._subscriber = None
+        self._publisher = self._subscriber = self._subscribing = None
         return DeferredList([link.stop() for link in links]).addCallback(lambda _: None)
 
     def ready(self, protocol: Any, subscriber: bool) -> None:
-        """``protocol`` is connected, AUTH done: the subscriber subscribes to every channel."""
+        """``protocol`` answered a PING: the subscriber subscribes to every channel, the publisher is ready."""
         if subscriber:
-            # Up once Redis has confirmed the subscriptions: a message published
-            # after that reaches this process (before it, maybe not).
+            self._subscribing = protocol
             channels = [self._name(channel) for channel in self._channels()]
             confirmed = [
-                protocol.subscribe(channels[start : start + _SUBSCRIBE_BATCH]).addErrback(
-                    self._command_failed, "SUBSCRIBE"
-                )
+                protocol.subscribe(channels[start : start + _SUBSCRIBE_BATCH])
                 for start in range(0, len(channels), _SUBSCRIBE_BATCH)
             ]
-            DeferredList(confirmed).addCallback(lambda _: self._subscribed(protocol))
+            DeferredList(confirmed, consumeErrors=True).addCallback(self._subscribed, protocol)
         else:
             self._publisher = protocol
+            self._inflight.clear()
             self._flow = _Flow()
             protocol.transport.registerProducer(self._flow, True)
             self._maybe_up()
 
-    def _subscribed(self, protocol: Any) -> None:
-        if protocol.connected and self._running:
+    def _subscribed(self, results: list[tuple[bool, Any]], protocol: Any) -> None:
+        if protocol is not self._subscribing or not self._running:
+            return
+        for _, result in results:
+            error = self._refusal(result)
+            if error is not None:
+                self._gone(f"refused SUBSCRIBE ({error})", refused=True)
+                return
+        if all(ok for ok, _ in results):
             self._subscriber = protocol
             self._maybe_up()
 
     def _maybe_up(self) -> None:
-        if self.up and self._down_since is not None:
+        if not self.up:
+            return
+        if self._down_since is not None:
             outage = time.monotonic() - self._down_since
             self._down_since = None
             if self._ever_up:
@@ -299,35 +355,48 @@ class RedisBroker:
                 log.info("Redis broker {url} connected", url=str(self.url))
             self._ever_up = True
             self._warned = False
-        if self.up:
-            waiters = self._up_waiters
-            self._up_waiters = []
-            for waiter in waiters:
-                waiter.callback(None)
+        waiters = self._up_waiters
+        self._up_waiters = []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def lost(self, protocol: Any) -> None:
-        """``protocol``'s connection closed (or never got ready): Redis is away until both are back."""
+        """``protocol``'s connection closed: Redis is away until both connections are back."""
+        if protocol is self._subscribing or protocol is self._publisher:
+            self._gone("lost")
+        elif self._running:
+            # Closed before it answered (or one we dropped ourselves, when this was said already).
+            self._warn_down("closed the connection before answering")
+
+    def _gone(self, what: str, refused: bool = False) -> None:
+        """Redis is away (or as good as): deliver here only, drop both connections, make them again."""
         was_up = self.up
-        if protocol is self._subscriber:
-            self._subscriber = None
-        elif protocol is self._publisher:
-            self._publisher = None
-        if was_up and not self.up and self._running:
+        self._publisher = self._subscriber = self._subscribing = None
+        self._inflight.clear()
+        if not self._running:
+            return
+        if was_up:
             self._down_since = time.monotonic()
-            self._warn_down("lost")
+        self._warn_down(what, refused)
+        for link in self._links:
+            link.drop()
 
     def failed(self, why: str) -> None:
         """A connection attempt failed: said once per outage (and once before the first success)."""
-        if self._running and not self._warned:
+        if self._running:
             self._warn_down(f"unreachable ({why})")
 
-    def refused(self, why: str) -> None:
-        """Redis refused our AUTH: retrying would not help."""
-        log.error("Redis broker {url}: {why}; not reconnecting", url=str(self.url), why=why)
+    def refused_auth(self, why: str) -> None:
+        """Redis refused our AUTH: retrying would not help.  Said once."""
+        if not self._refused_auth:
+            self._refused_auth = True
+            log.error("Redis broker {url}: {why}; not reconnecting", url=str(self.url), why=why)
 
-    def _warn_down(self, what: str) -> None:
+    def _warn_down(self, what: str, refused: bool = False) -> None:
+        if self._warned:
+            return
         self._warned = True
-        log.warn(
+        (log.error if refused else log.warn)(
             "Redis broker {url} {what}; reconnecting. Until it is back, broadcasts and rooms"
             " reach this process's connections only (what is published meanwhile is not delivered elsewhere)",
             url=str(self.url),
@@ -341,14 +410,6 @@ class RedisBroker:
         self.received += 1
         self._deliver(name[len(self._prefix) :], message)
 
-    def _publish_failed(self, failure: Any) -> None:
-        # The connection went away with the command in flight: at most once.
-        self.dropped += 1
-        log.debug("Redis PUBLISH lost: {error}", error=failure.getErrorMessage())
-
-    def _command_failed(self, failure: Any, command: str) -> None:
-        log.debug("Redis {command} failed: {error}", command=command, error=failure.getErrorMessage())
-
 
 @implementer(IPushProducer)
 class _Flow:
@@ -357,7 +418,6 @@ class _Flow:
     def __init__(self) -> None:
         self.paused = False
         self.held = 0
-        self.warned = False
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -365,7 +425,6 @@ class _Flow:
     def resumeProducing(self) -> None:
         self.paused = False
         self.held = 0
-        self.warned = False
 
     def stopProducing(self) -> None:
         self.paused = False
@@ -376,7 +435,10 @@ class _Link:
 
     txredisapi's protocols do the talking (RESP, AUTH); the reconnecting is
     ours rather than its ``ClientService`` pool's, which logs every retry:
-    an outage is logged once here.
+    an outage is logged once here.  The backoff grows with each attempt and
+    starts again only once a connection has answered a health PING, so a
+    Redis (or a proxy in front of one) that accepts and closes at once is
+    not hammered.
     """
 
     def __init__(
@@ -408,7 +470,7 @@ class _Link:
             def buildProtocol(self, addr: Any) -> Any:
                 built = Linked(None, password=url.password, username=url.username)
                 built.factory = self
-                built.whenConnected().addCallback(link._ready)
+                built.whenConnected().addCallback(link._authenticated)
                 return built
 
             def stopTrying(self) -> None:
@@ -416,9 +478,10 @@ class _Link:
                 link._stopping = True
 
             def connectionError(self, why: str) -> None:
-                broker.refused(why)
+                broker.refused_auth(why)
 
-        self._factory = Factory(None, None, 1, isLazy=True, charset=None)
+        # (isLazy=False: txredisapi would log a refused AUTH itself too)
+        self._factory = Factory(None, None, 1, isLazy=False, charset=None)
         self._factory.deferred.addErrback(lambda _: None)  # (its pool's; not used)
 
     def connect(self) -> None:
@@ -433,31 +496,51 @@ class _Link:
         self._pending = None
         self._protocol = protocol
 
-    def _ready(self, protocol: Any) -> None:
-        self._attempt = 0
+    def _authenticated(self, protocol: Any) -> None:
         if self._stopping:
             protocol.transport.loseConnection()
             return
-        self._health = LoopingCall(self._check, protocol)
-        self._health.clock = self._reactor
-        self._health.start(_HEALTH_INTERVAL, now=False)
-        self._broker.ready(protocol, self._subscriber)
-
-    def _check(self, protocol: Any) -> None:
-        if self._pinging:
-            return
-        self._pinging = True
 
         def answered(_: object) -> None:
-            self._pinging = False
+            if protocol.transport is None or not protocol.connected:
+                return
+            self._health = LoopingCall(self._check, protocol)
+            self._health.clock = self._reactor
+            self._health.start(_HEALTH_INTERVAL, now=False)
+            self._broker.ready(protocol, self._subscriber)
 
-        def silent(failure: Any) -> None:
-            self._pinging = False
-            if protocol.transport is not None:
-                # No answer in time: as good as gone, and a dead TCP peer may never say so.
-                protocol.transport.abortConnection()
+        # Counted only once Redis answers: after AUTH, and after TLS's handshake.
+        self._ping(protocol, answered)
 
-        protocol.ping().addTimeout(_HEALTH_TIMEOUT, self._reactor).addCallbacks(answered, silent)
+    def _ping(self, protocol: Any, answered: Callable[[object], None]) -> None:
+        self._pinging = True
+
+        def reply(result: object) -> None:
+            self._pinging = False
+            if self._broker._refusal(result) is not None or isinstance(result, Failure):
+                self._abort(protocol)
+            else:
+                answered(result)
+
+        protocol.ping().addTimeout(_HEALTH_TIMEOUT, self._reactor).addBoth(reply)
+
+    def _check(self, protocol: Any) -> None:
+        if not self._pinging:
+            self._ping(protocol, self._healthy)
+
+    def _healthy(self, _: object) -> None:
+        # A connection that lived a health interval and answers: the backoff starts again.
+        self._attempt = 0
+
+    def _abort(self, protocol: Any) -> None:
+        if protocol.transport is not None:
+            # No answer in time: as good as gone, and a dead TCP peer may never say so.
+            protocol.transport.abortConnection()
+
+    def drop(self) -> None:
+        """The broker counts Redis as gone: drop this connection (it is made again with backoff)."""
+        if self._protocol is not None:
+            self._abort(self._protocol)
 
     def _failed(self, failure: Any) -> None:
         self._pending = None
@@ -467,6 +550,8 @@ class _Link:
         self._schedule()
 
     def _closed(self, protocol: Any) -> None:
+        if protocol is not self._protocol:
+            return
         self._protocol = None
         if self._health is not None and self._health.running:
             self._health.stop()
@@ -480,9 +565,11 @@ class _Link:
             self._schedule()
 
     def _schedule(self) -> None:
+        if self._retry is not None:
+            return
         # e-fold backoff from _FIRST_RETRY to _LAST_RETRY, with some jitter so
         # that many workers do not all come back in the same instant.
-        delay = min(_FIRST_RETRY * math.e ** (self._attempt - 1), _LAST_RETRY) * random.uniform(0.85, 1.15)
+        delay = min(_FIRST_RETRY * math.e ** max(self._attempt - 1, 0), _LAST_RETRY) * random.uniform(0.85, 1.15)
         self._retry = self._reactor.callLater(delay, self.connect)
 
     def stop(self) -> Deferred[None]:

@@ -321,6 +321,9 @@ class Supervisor(Service):
         except CannotListenError:
             self._close_sockets()
             raise
+        except OSError as error:  # more sockets than the process may open (EMFILE), say
+            self._close_sockets()
+            raise CannotListenError(binding.host, binding.port, error) from None
 
     def _close_sockets(self) -> None:
         for sockets in self._sockets:

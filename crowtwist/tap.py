@@ -178,7 +178,7 @@ class Options(usage.Options):
             if self[name] is not None:
                 self[name] = _positive(name, self[name], float, allow_none=name != "close-timeout")
         try:
-            self["workers"] = worker_count(self["workers"] or 1)
+            self["workers"] = 1 if self["workers"] is None else worker_count(self["workers"])
         except ValueError as error:
             raise _fail(str(error)) from None
         if self["send-buffer-policy"] not in (None, "close", "wait"):

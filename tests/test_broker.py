@@ -220,7 +220,7 @@ def test_publishes_a_stalled_redis_does_not_take_are_bounded_then_local(
         assert (yield a.next_message()) == (chunk, True)  # the one over the bound, delivered here
     finally:
         redis.process.send_signal(signal.SIGCONT)
-    warned = [e for e in logs.at(LogLevel.warn) if "is not taking publishes" in formatEvent(e)]
+    warned = [e for e in logs.at(LogLevel.warn) if "not taking publishes" in formatEvent(e)]
     assert len(warned) == 1
 
 
@@ -295,6 +295,139 @@ def test_stopping_while_redis_is_away_cancels_the_retries() -> Any:
     yield within(broker.stop())
     assert not broker.up
     assert broker.publish("room:x", b"\x01x") is False
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_room_joined_while_the_broker_resubscribes_is_subscribed_too(two_apps: Any, redis: RedisServer) -> Any:
+    """A join in the window between Redis answering again and the old rooms' confirmation is not lost."""
+    (app1, opened1, port1), (app2, opened2, port2) = two_apps()
+    yield within(app1.broker_client.when_up())
+    yield within(app2.broker_client.when_up())
+    b = yield connect_autobahn(port2, "/room/old")
+    yield until(lambda: opened2, "the connection to open")
+    broker = app2.broker_client
+    real_ready = broker.ready
+    joined = []
+
+    def ready(protocol: Any, subscriber: bool) -> None:
+        real_ready(protocol, subscriber)
+        if subscriber and not joined:  # the SUBSCRIBEs for the old rooms are out, not confirmed
+            assert not broker.up
+            opened2[0].join("new")
+            joined.append(True)
+
+    broker.ready = ready  # type: ignore[method-assign]
+    redis.restart()
+    yield until(lambda: not broker.up, "the restart to be noticed")
+    yield within(broker.when_up(), 30)
+    yield within(app1.broker_client.when_up(), 30)
+    assert joined
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:new") == 1, "the new room's subscription")
+    app1.publish("new", "to the new room")
+    assert (yield b.next_message()) == (b"to the new room", False)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_acl_without_channels_is_an_error_and_delivery_stays_local(tmp_path: Path, logs: Any) -> Any:
+    """A Redis user refused SUBSCRIBE (NOPERM) is logged as an error once; messages still reach this process."""
+    server = RedisServer(tmp_path).start()
+    try:
+        server.command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "resetchannels")
+        app, opened = room_app(f"redis://app:pw@127.0.0.1:{server.port}/0")
+        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        a = yield connect_autobahn(port.getHost().port, "/room/acl")
+        yield until(lambda: opened, "the connection to open")
+        app.broker_client.start()
+        yield until(lambda: any("refused SUBSCRIBE" in formatEvent(e) for e in logs.at(LogLevel.error)),
+                    "the refusal to be logged")
+        assert not app.broker_client.up
+        a.sendMessage(b"still here", False)
+        assert (yield a.next_message()) == (b"still here", False)
+        refusals = [e for e in logs.at(LogLevel.error) if "refused SUBSCRIBE" in formatEvent(e)]
+        assert len(refusals) == 1 and "NOPERM" in formatEvent(refusals[0])
+        assert not any("connected" in formatEvent(e) for e in logs.at(LogLevel.info))
+        yield port.stopListening()
+        yield app.broker_client.stop()
+    finally:
+        server.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unanswered_publish_sends_delivery_local_within_the_stall_bound_and_in_order(
+    two_apps: Any, redis: RedisServer, monkeypatch: Any
+) -> Any:
+    """A PUBLISH unanswered past the stall bound makes delivery local; what Redis held never arrives after it."""
+    monkeypatch.setattr(_broker, "_STALL", 0.3)
+    (app1, opened1, port1), _ = two_apps()
+    yield within(app1.broker_client.when_up())
+    a = yield connect_autobahn(port1, "/room/order")
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:order") == 1, "the subscription")
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    sent = 0
+    try:
+        for _ in range(200):  # bounded: ~0.3 s of 20 ms steps before the stall is noticed
+            app1.publish("order", str(sent))
+            sent += 1
+            if app1.broker_client.dropped:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)  # (time must pass for a stall to be one)
+        assert app1.broker_client.dropped == 1 and not app1.broker_client.up
+        local = yield a.next_message()  # the first message after the stall, delivered here
+        assert local == (str(sent - 1).encode(), False)
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    yield within(app1.broker_client.when_up(), 30)
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:order") == 1, "the subscription again")
+    app1.publish("order", "after")
+    assert (yield a.next_message()) == (b"after", False)  # not one of those Redis held while stopped
+    assert a.messages.pending == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_that_accepts_and_closes_gets_backoff_and_one_warning(logs: Any) -> Any:
+    """Reconnecting to something that accepts and closes at once backs off (e-fold) and warns once."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    accepted = []
+
+    class Slam(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(time.monotonic())
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    listening = reactor.listenTCP(0, Factory.forProtocol(Slam), interface="127.0.0.1")  # type: ignore[attr-defined]
+    app, _ = room_app(f"redis://127.0.0.1:{listening.getHost().port}/0")
+    app.broker_client.start()
+    started = time.monotonic()
+    try:
+        yield until(lambda: time.monotonic() - started > 2.5, "2.5 s of attempts", seconds=10)
+        # two links, each: 0, ~0.2, ~0.74, ~2.2 s (±15 %): at most 4 attempts each
+        assert 2 <= len(accepted) <= 8, accepted
+        warnings = [e for e in logs.at(LogLevel.warn) if "Redis broker" in formatEvent(e)]
+        assert len(warnings) == 1, [formatEvent(e) for e in warnings]
+        assert not app.broker_client.up
+    finally:
+        yield app.broker_client.stop()
+        yield listening.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_rediss_to_a_plain_redis_never_counts_as_connected(redis: RedisServer, logs: Any) -> Any:
+    """``rediss://`` to a server without TLS is not "connected": one warning, and delivery stays local meanwhile."""
+    app, opened = room_app(f"rediss://127.0.0.1:{redis.port}/0?ssl_cert_reqs=none")
+    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    app.broker_client.start()
+    try:
+        a = yield connect_autobahn(port.getHost().port, "/room/x")
+        a.sendMessage(b"local", False)
+        assert (yield a.next_message()) == (b"local", False)
+        yield until(lambda: any("Redis broker" in formatEvent(e) for e in logs.at(LogLevel.warn)), "the warning")
+        assert not app.broker_client.up
+        assert not any("connected" in formatEvent(e) for e in logs.at(LogLevel.info))
+    finally:
+        yield port.stopListening()
+        yield app.broker_client.stop()
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
