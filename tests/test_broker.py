@@ -353,6 +353,54 @@ def test_an_acl_without_channels_is_an_error_and_delivery_stays_local(tmp_path: 
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_refused_publish_is_delivered_here_and_a_refused_join_is_an_error(tmp_path: Path, logs: Any) -> Any:
+    """Redis refusing PUBLISH (or a later SUBSCRIBE) is an error; the refused message still reaches this process."""
+    server = RedisServer(tmp_path).start()
+    try:
+        # may subscribe to route channels only, may not publish
+        server.command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-publish", "resetchannels",
+                       "&crowtwist:0:route:*")
+        app, opened = room_app(f"redis://app:pw@127.0.0.1:{server.port}/0")
+        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        everyone = yield connect_autobahn(port.getHost().port, "/all")
+        yield until(lambda: opened, "the connection to open")
+        app.broker_client.start()
+        yield within(app.broker_client.when_up())
+        everyone.sendMessage(b"refused by redis", False)
+        assert (yield everyone.next_message()) == (b"refused by redis", False)
+        errors = [formatEvent(e) for e in logs.at(LogLevel.error)]
+        assert any("refused PUBLISH" in e and "NOPERM" in e for e in errors), errors
+        assert not app.broker_client.up
+        yield within(app.broker_client.when_up(), 30)  # (tried again with backoff: the ACL allows subscribing)
+        room = yield connect_autobahn(port.getHost().port, "/room/forbidden")
+        yield until(lambda: any("refused SUBSCRIBE" in formatEvent(e) for e in logs.at(LogLevel.error)),
+                    "the join's refusal")
+        room.sendMessage(b"local", False)
+        assert (yield room.next_message()) == (b"local", False)
+        yield port.stopListening()
+        yield app.broker_client.stop()
+    finally:
+        server.stop()
+
+
+def test_a_missing_redis_client_is_one_clear_line(monkeypatch: Any, capsys: Any) -> None:
+    """Without txredisapi, ``app.broker`` and ``--broker`` say to install ``crowtwist[redis]``."""
+    import importlib.util
+
+    from crowtwist.tap import Options
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "txredisapi" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'crowtwist\[redis\]'"):
+        Crow().broker("redis://localhost")
+    with pytest.raises(SystemExit, match=r"twistd crow: --broker: .*pip install 'crowtwist\[redis\]'"):
+        Options().parseOptions(["--routes", "tests.broker_routes", "--broker", "redis://localhost"])
+    with pytest.raises(SystemExit, match="twistd crow: --broker: .*scheme"):
+        monkeypatch.undo()
+        Options().parseOptions(["--routes", "tests.broker_routes", "--broker", "http://localhost"])
+
+
+@pytest_twisted.inlineCallbacks
 def test_an_unanswered_publish_sends_delivery_local_within_the_stall_bound_and_in_order(
     two_apps: Any, redis: RedisServer, monkeypatch: Any
 ) -> Any:
