@@ -23,10 +23,11 @@ subscribed too.
 
 Redis can also stop answering without closing (a stopped process, a
 partition that drops packets): a PUBLISH unanswered for 2 s, more than
-8 MiB of publishes waiting in the connection, or a PING unanswered for 3 s
-(each connection is PINGed every 5 s) counts as Redis going away.  Redis
-refusing a command (an ACL without channel permissions: NOPERM) does too,
-logged as an error, and the refused message is delivered here.
+64 MiB of publishes waiting in the connection for 0.5 s, or a PING
+unanswered for 3 s (each connection is PINGed every 5 s) counts as Redis
+going away.  Redis refusing SUBSCRIBE (an ACL without channel permissions:
+NOPERM) does too, logged as an error; a refused PUBLISH is logged as an
+error, delivered here, and so are the publishes of the next 10 s, in order.
 
 Redis pub/sub ignores the database number, so it goes into the channel
 names instead: apps on ``/0`` and ``/1`` of one server do not hear each other.
@@ -72,10 +73,15 @@ _HEALTH_TIMEOUT = 3.0
 # well under a millisecond; our own busy reactor may delay reading them a
 # little): noticed at the next publish, sooner than a PING would.
 _STALL = 2.0
-# Bytes published while the connection to Redis does not take them (its
-# transport paused us) before further publishes are delivered locally only:
-# a stalled Redis must not grow this process's memory without bound.
-_MAX_HELD = 8 * 1024 * 1024
+# Bytes of publishes waiting in the connection to Redis (its transport paused
+# us) which, once the oldest unanswered PUBLISH is _SLOW old, count as Redis
+# not keeping up: a healthy Redis takes a burst of this size in milliseconds,
+# and the age keeps a burst written in one turn from counting.
+_MAX_HELD = 64 * 1024 * 1024
+_SLOW = 0.5
+# A refused PUBLISH (an ACL without the permission) is tried again this long
+# after; meanwhile publishes are delivered in this process.
+_REFUSED_RETRY = 10.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,9 @@ class RedisBroker:
         """The same, once Redis confirmed every subscription it had at the start."""
         self._links: list[_Link] = []
         self._inflight: deque[float] = deque()
+        self._refused_until = 0.0
+        self._publish_refusal_said = False
+        self._behind: list[tuple[str, bytes]] = []
         self._flow = _Flow()
         self._warned = False
         self._refused_auth = False
@@ -215,15 +224,23 @@ class RedisBroker:
             return False
         inflight = self._inflight
         now = time.monotonic()
-        if inflight and now - inflight[0] > _STALL:
-            self._gone(f"not answering (a PUBLISH unanswered for {now - inflight[0]:.1f} s)")
+        if self._refused_until > now:
+            if inflight:
+                # Refusals are still coming back for what was sent before: after them, in order.
+                self._behind.append((channel, data))
+                return True
+            self.dropped += 1
+            return False
+        waited = now - inflight[0] if inflight else 0.0
+        if waited > _STALL:
+            self._gone(f"not answering (a PUBLISH unanswered for {waited:.1f} s)")
             self.dropped += 1
             return False
         flow = self._flow
         if flow.paused:
             flow.held += len(data)
-            if flow.held > _MAX_HELD:
-                self._gone(f"not taking publishes ({flow.held} bytes waiting)")
+            if flow.held > _MAX_HELD and waited > _SLOW:
+                self._gone(f"not taking publishes ({flow.held} bytes waiting for {waited:.1f} s)")
                 self.dropped += 1
                 return False
         inflight.append(now)
@@ -240,11 +257,31 @@ class RedisBroker:
         error = self._refusal(result)
         if error is not None:
             # Refused, so delivered nowhere: here, at least, as while Redis is away.
+            # Subscribing may still be allowed: the connections stay, publishes are
+            # delivered here until the refusal is tried again.
             self.dropped += 1
             self._deliver(channel, data)
-            self._gone(f"refused PUBLISH ({error})", refused=True)
+            if self._refused_until <= time.monotonic():
+                self._refused_until = time.monotonic() + _REFUSED_RETRY
+                if not self._publish_refusal_said:
+                    self._publish_refusal_said = True
+                    log.error(
+                        "Redis broker {url} refused PUBLISH ({error}); publishes reach this process's"
+                        " connections only (tried again every {retry:.0f} s)",
+                        url=str(self.url),
+                        error=error,
+                        retry=_REFUSED_RETRY,
+                    )
         elif isinstance(result, Failure):
             self.unconfirmed += 1
+        else:
+            self._refused_until = 0.0
+            self._publish_refusal_said = False
+        if not self._inflight and self._behind:
+            behind, self._behind = self._behind, []
+            for waiting_channel, waiting_data in behind:
+                self.dropped += 1
+                self._deliver(waiting_channel, waiting_data)
 
     def subscribe(self, channel: str) -> None:
         """This process has members in ``channel`` now."""
@@ -364,7 +401,7 @@ class RedisBroker:
         """``protocol``'s connection closed: Redis is away until both connections are back."""
         if protocol is self._subscribing or protocol is self._publisher:
             self._gone("lost")
-        elif self._running:
+        elif self._running and not self._refused_auth:
             # Closed before it answered (or one we dropped ourselves, when this was said already).
             self._warn_down("closed the connection before answering")
 
@@ -373,6 +410,10 @@ class RedisBroker:
         was_up = self.up
         self._publisher = self._subscriber = self._subscribing = None
         self._inflight.clear()
+        behind, self._behind = self._behind, []
+        for channel, data in behind:
+            self.dropped += 1
+            self._deliver(channel, data)
         if not self._running:
             return
         if was_up:
@@ -517,7 +558,11 @@ class _Link:
 
         def reply(result: object) -> None:
             self._pinging = False
-            if self._broker._refusal(result) is not None or isinstance(result, Failure):
+            error = self._broker._refusal(result)
+            if error is not None:
+                # NOAUTH (a password is needed), LOADING, ...: say what Redis said.
+                self._broker._warn_down(f"refused PING ({error})", refused=True)
+            if error is not None or isinstance(result, Failure):
                 self._abort(protocol)
             else:
                 answered(result)

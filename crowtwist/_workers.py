@@ -76,6 +76,9 @@ log = Logger(namespace="crowtwist")
 ENVIRONMENT = "CROWTWIST_WORKER"
 """Set in a worker's environment: ``INDEX:FD,FD...``, its number (from 1) and its listening descriptors."""
 
+MAX_WORKERS = 4096
+"""More processes than this on one machine is a typo, not a plan (and each costs memory before it binds)."""
+
 FIRST_FD = 3
 """A worker's first inherited listening descriptor; the endpoints' follow in --listen order."""
 
@@ -98,6 +101,8 @@ def worker_count(value: int | str, name: str = "--workers") -> int:
         count = 0
     if count < 1 or isinstance(value, bool):
         raise ValueError(f"{name} takes a positive number or 'auto', not {value!r}")
+    if count > MAX_WORKERS:
+        raise ValueError(f"{name} takes at most {MAX_WORKERS}, not {value!r}")
     return count
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent
 from websockets.sync.client import connect as ws_connect
@@ -198,11 +198,34 @@ def test_a_redis_that_stops_answering_is_dropped_and_found_again(
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_burst_larger_than_the_bound_to_a_healthy_redis_is_delivered_everywhere(
+    two_apps: Any, redis: RedisServer, monkeypatch: Any
+) -> Any:
+    """Many MiB published in one turn to a Redis that answers are delivered in both processes, none dropped."""
+    monkeypatch.setattr(_broker, "_MAX_HELD", 1024 * 1024)
+    (app1, opened1, port1), (app2, opened2, port2) = two_apps()
+    yield within(app1.broker_client.when_up())
+    yield within(app2.broker_client.when_up())
+    a = yield connect_autobahn(port1, "/room/burst")
+    b = yield connect_autobahn(port2, "/room/burst")
+    yield until(lambda: subscribers(redis, "crowtwist:0:room:burst") == 2, "both subscriptions")
+    chunk = b"q" * (100 * 1024)
+    for n in range(60):  # 6 MiB in one turn
+        app1.publish("burst", bytes([n]) + chunk)
+    for client in (a, b):
+        for n in range(60):
+            assert (yield client.next_message()) == (bytes([n]) + chunk, True)
+    assert app1.broker_client.dropped == 0 and app1.broker_client.up
+
+
+@pytest_twisted.inlineCallbacks
 def test_publishes_a_stalled_redis_does_not_take_are_bounded_then_local(
     two_apps: Any, redis: RedisServer, monkeypatch: Any, logs: Any
 ) -> Any:
     """Past the bound of what waits for a stalled Redis, publishes go to this process's connections only (one warning)."""
     monkeypatch.setattr(_broker, "_MAX_HELD", 1024 * 1024)
+    monkeypatch.setattr(_broker, "_SLOW", 0.1)
+    monkeypatch.setattr(_broker, "_STALL", 30.0)  # (so that the bound is what trips)
     (app1, opened1, port1), _ = two_apps()
     yield within(app1.broker_client.when_up())
     a = yield connect_autobahn(port1, "/room/big")
@@ -215,7 +238,7 @@ def test_publishes_a_stalled_redis_does_not_take_are_bounded_then_local(
             app1.publish("big", chunk)
             if app1.broker_client.dropped:
                 break
-            yield deferLater(reactor, 0, lambda: None)  # (a turn: the transport writes, and may pause us)
+            yield deferLater(reactor, 0.005, lambda: None)  # (the transport writes, and may pause us)
         assert app1.broker_client.dropped == 1
         assert (yield a.next_message()) == (chunk, True)  # the one over the bound, delivered here
     finally:
@@ -249,7 +272,14 @@ def test_a_refused_password_is_logged_once_and_not_retried(tmp_path: Path, logs:
                     "the refusal to be logged")
         assert not app.broker_client.up
         assert app.broker_client.publish("room:x", b"\x01x") is False
+        said = [formatEvent(e) for e in logs.events if "Redis" in formatEvent(e)]
+        assert len(said) == 1, said  # one line, and no "closed the connection" after it
         yield app.broker_client.stop()
+        # no password where one is needed: Redis's NOAUTH is what the log says
+        bare, _ = room_app(f"redis://127.0.0.1:{server.port}")
+        bare.broker_client.start()
+        yield until(lambda: any("NOAUTH" in formatEvent(e) for e in logs.at(LogLevel.error)), "NOAUTH in the log")
+        yield bare.broker_client.stop()
     finally:
         server.stop()
 
@@ -354,7 +384,8 @@ def test_an_acl_without_channels_is_an_error_and_delivery_stays_local(tmp_path: 
 
 @pytest_twisted.inlineCallbacks
 def test_a_refused_publish_is_delivered_here_and_a_refused_join_is_an_error(tmp_path: Path, logs: Any) -> Any:
-    """Redis refusing PUBLISH (or a later SUBSCRIBE) is an error; the refused message still reaches this process."""
+    """Redis refusing PUBLISH is one error, and every refused message still reaches this process, in order;
+    a refused SUBSCRIBE for a later join is an error too, and delivery stays local."""
     server = RedisServer(tmp_path).start()
     try:
         # may subscribe to route channels only, may not publish
@@ -366,12 +397,16 @@ def test_a_refused_publish_is_delivered_here_and_a_refused_join_is_an_error(tmp_
         yield until(lambda: opened, "the connection to open")
         app.broker_client.start()
         yield within(app.broker_client.when_up())
-        everyone.sendMessage(b"refused by redis", False)
-        assert (yield everyone.next_message()) == (b"refused by redis", False)
+        rule = app.websocket_rules[1]
+        for n in range(100):  # a burst: the refusals come back after the rest were sent
+            rule.broadcast(str(n))
+        for n in range(100):
+            assert (yield everyone.next_message()) == (str(n).encode(), False)  # every one, in order, here
+        rule.broadcast("later")
+        assert (yield everyone.next_message()) == (b"later", False)
         errors = [formatEvent(e) for e in logs.at(LogLevel.error)]
-        assert any("refused PUBLISH" in e and "NOPERM" in e for e in errors), errors
-        assert not app.broker_client.up
-        yield within(app.broker_client.when_up(), 30)  # (tried again with backoff: the ACL allows subscribing)
+        assert len([e for e in errors if "refused PUBLISH" in e]) == 1 and "NOPERM" in errors[0], errors
+        assert app.broker_client.up  # (subscribing is allowed: other processes' messages still arrive)
         room = yield connect_autobahn(port.getHost().port, "/room/forbidden")
         yield until(lambda: any("refused SUBSCRIBE" in formatEvent(e) for e in logs.at(LogLevel.error)),
                     "the join's refusal")
