@@ -688,3 +688,78 @@ def wait_for_clients(redis: RedisServer, count: int, seconds: float = 30.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"Redis did not reach {count} clients within {seconds}s")
         time.sleep(0.02)
+
+
+# The relay's bookkeeping with plain calls: a stand-in for the connection that publishes.
+
+
+class FakePublisher:
+    """Takes PUBLISHes and lets the test answer each one."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes, Any]] = []
+        self.connected = True
+        self.transport = None
+
+    def publish(self, channel: bytes, data: bytes) -> Any:
+        from twisted.internet.defer import Deferred
+
+        answer: Any = Deferred()
+        self.sent.append((channel, data, answer))
+        return answer
+
+
+def relay_with_fakes() -> tuple[Any, FakePublisher, list[tuple[str, bytes]]]:
+    import txredisapi
+
+    delivered: list[tuple[str, bytes]] = []
+    broker = _broker.RedisBroker("redis://127.0.0.1:1/0", lambda c, d: delivered.append((c, d)), lambda: [])
+    publisher = FakePublisher()
+    broker._publisher, broker._subscriber, broker._subscribing = publisher, object(), object()
+    broker._response_error = txredisapi.ResponseError
+    broker._running = True
+    return broker, publisher, delivered
+
+
+def test_refused_publishes_and_those_sent_behind_them_are_delivered_here_in_order(logs: Any) -> None:
+    """Refusals coming back for a burst: each refused message, then those published meanwhile, here, in order."""
+    import txredisapi
+
+    broker, publisher, delivered = relay_with_fakes()
+    assert broker.publish("room:a", b"\x011") and broker.publish("room:a", b"\x012")
+    publisher.sent[0][2].callback(txredisapi.ResponseError("NOPERM no permission for publish"))
+    assert delivered == [("room:a", b"\x011")]
+    assert broker.publish("room:a", b"\x013") is True  # (held: #2's answer is still to come)
+    assert delivered == [("room:a", b"\x011")]
+    publisher.sent[1][2].callback(txredisapi.ResponseError("NOPERM no permission for publish"))
+    assert delivered == [("room:a", b"\x011"), ("room:a", b"\x012"), ("room:a", b"\x013")]
+    assert broker.publish("room:a", b"\x014") is False  # refused lately, nothing in flight: the hub delivers it
+    assert len(publisher.sent) == 2 and broker.up
+    broker._refused_until = 0.0  # (as after _REFUSED_RETRY)
+    assert broker.publish("room:a", b"\x015")
+    publisher.sent[2][2].callback(1)  # accepted this time (the ACL was fixed)
+    assert len([e for e in logs.at(LogLevel.error) if "refused PUBLISH" in formatEvent(e)]) == 1
+
+
+def test_what_waits_behind_refusals_is_delivered_here_when_the_connection_goes() -> None:
+    """Messages held behind unanswered refused PUBLISHes are delivered here if Redis goes away meanwhile."""
+    import txredisapi
+
+    broker, publisher, delivered = relay_with_fakes()
+    broker.publish("room:a", b"\x011")
+    broker.publish("room:a", b"\x012")
+    publisher.sent[0][2].callback(txredisapi.ResponseError("NOPERM"))
+    broker.publish("room:a", b"\x013")
+    broker.lost(publisher)
+    assert delivered == [("room:a", b"\x011"), ("room:a", b"\x013")]
+    assert not broker.up
+    publisher.sent[1][2].errback(Exception("connection lost"))  # (its answer, from a connection now gone)
+    assert broker.unconfirmed == 1
+
+
+def test_messages_on_channels_of_another_prefix_are_ignored() -> None:
+    """What Redis brings on a channel outside this app's prefix (another db's) is not delivered."""
+    broker, _, delivered = relay_with_fakes()
+    broker._received(b"crowtwist:1:room:a", b"\x01x")
+    broker._received(b"crowtwist:0:room:a", b"\x01y")
+    assert delivered == [("room:a", b"\x01y")] and broker.received == 1
