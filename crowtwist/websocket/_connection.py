@@ -145,15 +145,19 @@ class Connection:
         if protocol is not None and protocol.sendable:
             protocol.send_message(payload, is_binary)
 
-    def send_ping(self, data: bytes = b"") -> None:
-        """Send a ping (at most 125 bytes of payload)."""
+    def send_ping(self, data: bytes | str = b"") -> None:
+        """Send a ping (at most 125 bytes of payload; ``str`` is sent as UTF-8, as Crow's ``std::string``)."""
         self._control(data, ping=True)
 
-    def send_pong(self, data: bytes = b"") -> None:
-        """Send an unsolicited pong (at most 125 bytes of payload)."""
+    def send_pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited pong (at most 125 bytes of payload; ``str`` is sent as UTF-8)."""
         self._control(data, ping=False)
 
-    def _control(self, data: bytes, ping: bool) -> None:
+    def _control(self, data: bytes | str, ping: bool) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        elif not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a ping or pong payload is bytes or str, not {type(data).__name__}")
         if len(data) > 125:
             raise ValueError("ping and pong payloads are at most 125 bytes")
         if get_ident() != self._thread:

@@ -1,0 +1,108 @@
+"""Crow's WebSocket API names that crowtwist gives too, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Any
+from collections.abc import Iterator
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.threads import deferToThread
+from websockets.sync.client import connect
+
+from crowtwist import Connection, Crow
+
+from .clients import AutobahnClient, within
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Serve an app's site on a random port; stop listening afterwards."""
+    ports: list[Any] = []
+
+    def start(app: Crow) -> int:
+        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        ports.append(port)
+        return int(port.getHost().port)
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+def negotiated(port: int, offered: list[str] | None) -> str | None:
+    """The subprotocol the server chose for websockets' client offering ``offered``."""
+    with connect(f"ws://127.0.0.1:{port}/ws", subprotocols=offered, open_timeout=10) as ws:  # type: ignore[arg-type]
+        return ws.subprotocol
+
+
+@pytest_twisted.inlineCallbacks
+def test_mirrorprotocols_answers_with_the_clients_first_choice(serve: Any) -> Any:
+    """``rule.mirrorprotocols()`` accepts any offered subprotocol and echoes the client's first (Crow's)."""
+    app = Crow()
+    app.route("/ws").websocket().subprotocols(["ignored"]).mirrorprotocols()
+    port = serve(app)
+    assert (yield deferToThread(negotiated, port, ["wamp.2.json", "chat"])) == "wamp.2.json"
+    assert (yield deferToThread(negotiated, port, ["chat"])) == "chat"
+    assert (yield deferToThread(negotiated, port, None)) is None
+    app.websocket_rules[0].mirrorprotocols(False)
+    assert (yield deferToThread(negotiated, port, ["ignored", "chat"])) == "ignored"
+
+
+def test_mirrorprotocols_never_echoes_what_is_not_a_token() -> None:
+    """A mirrored offer is a valid token (RFC 6455 4.1), so nothing odd is written back in the 101."""
+    rule = Crow().route("/ws").websocket().mirrorprotocols()
+    assert rule.choose_subprotocol(["a b", "x;y", "ok.v1"]) == "ok.v1"
+    assert rule.choose_subprotocol(["\u00e9t\u00e9"]) is None
+    assert rule.choose_subprotocol([]) is None
+
+
+class PingRecorder(AutobahnClient):
+    """autobahn's client, keeping the payloads of the pings and pongs it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: DeferredQueue[tuple[str, bytes]] = DeferredQueue()
+
+    def onPing(self, payload: bytes) -> None:
+        self.controls.put(("ping", payload))
+        super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self.controls.put(("pong", payload))
+
+
+@pytest_twisted.inlineCallbacks
+def test_send_ping_and_pong_take_str_as_utf8(serve: Any) -> Any:
+    """``send_ping("")`` and ``send_pong("h\u00e9")`` go out (as UTF-8), as Crow's ``std::string`` forms do."""
+    app = Crow()
+    opened: list[Connection] = []
+    app.route("/ws").websocket().onopen(opened.append)
+    port = serve(app)
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+    factory.protocol = PingRecorder
+    client = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory))
+    yield within(client.is_open)
+    while not opened:
+        yield within(_turn())
+    opened[0].send_ping("")
+    opened[0].send_ping("ping me")
+    opened[0].send_pong("h\u00e9")
+    assert (yield within(client.controls.get())) == ("ping", b"")
+    assert (yield within(client.controls.get())) == ("ping", b"ping me")
+    assert (yield within(client.controls.get())) == ("pong", "h\u00e9".encode())
+    assert opened[0].is_open
+    with pytest.raises(TypeError, match="bytes or str, not int"):
+        opened[0].send_ping(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most 125"):
+        opened[0].send_ping("\u00e9" * 63)  # 126 bytes in UTF-8
+
+
+def _turn() -> Deferred[None]:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, 0, lambda: None)  # type: ignore[arg-type]
