@@ -106,3 +106,21 @@ def _turn() -> Deferred[None]:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, 0, lambda: None)  # type: ignore[arg-type]
+
+
+def test_websocket_setters_called_bare_are_crows_getters() -> None:
+    """``app.websocket_max_payload()`` (and the other setters) with no argument return the value in force."""
+    app = Crow()
+    assert app.websocket_max_payload() == 16 * 1024 * 1024
+    assert app.websocket_max_payload(1024) is app and app.websocket_max_payload() == 1024
+    assert app.websocket_max_payload(None).websocket_max_payload() is None
+    assert app.websocket_compression() is True
+    assert app.websocket_compression(False).websocket_compression() is False
+    assert app.websocket_allowed_origins() is None
+    app.websocket_allowed_origins(["https://example.com"])
+    assert app.websocket_allowed_origins() == ("https://example.com",)
+    assert app.websocket_limit("max_send_buffer") == 4 * 1024 * 1024
+    app.websocket_limits(max_queue=3, send_buffer_policy="wait")
+    assert (app.websocket_limit("max_queue"), app.websocket_limit("send_buffer_policy")) == (3, "wait")
+    with pytest.raises(ValueError, match="no WebSocket limit 'max_queues'"):
+        app.websocket_limit("max_queues")
