@@ -73,8 +73,15 @@ class Route:
             endpoint.http[method] = rule
         return func
 
-    def websocket(self) -> WebSocketRule:
-        """Make this a WebSocket route (Crow's ``.websocket(&app)``) and return its rule."""
+    def websocket(self, app: Crow | None = None) -> WebSocketRule:
+        """Make this a WebSocket route (Crow's ``.websocket(&app)``) and return its rule.
+
+        ``app`` may be given, as Crow's code does; it must be this route's app."""
+        if app is not None and app is not self._app:
+            raise ValueError(
+                f"route {self.pattern!r}: .websocket(app) was given another app than the one the route"
+                " was declared on (in Python, plain .websocket() is enough)"
+            )
         if self._methods_given:
             raise ValueError(
                 f"route {self.pattern!r}: .methods() is for HTTP handlers; a WebSocket route answers"

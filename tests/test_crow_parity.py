@@ -124,3 +124,52 @@ def test_websocket_setters_called_bare_are_crows_getters() -> None:
     assert (app.websocket_limit("max_queue"), app.websocket_limit("send_buffer_policy")) == (3, "wait")
     with pytest.raises(ValueError, match="no WebSocket limit 'max_queues'"):
         app.websocket_limit("max_queues")
+
+
+def test_websocket_may_be_given_its_app_as_in_crow() -> None:
+    """``.websocket(app)`` (Crow's ``.websocket(&app)``) works; another app is refused at once, saying why."""
+    app = Crow()
+    rule = app.route("/ws").websocket(app)
+    assert app.websocket_rules == (rule,)
+    with pytest.raises(ValueError, match="another app"):
+        app.route("/other").websocket(Crow())
+
+
+@pytest_twisted.inlineCallbacks
+def test_dispatch_and_post_run_on_the_reactor_thread_after_earlier_sends(serve: Any, logs: Any) -> Any:
+    """From another thread, ``dispatch``/``post`` run after the sends that thread made; ``post`` never inline."""
+    import threading
+
+    app = Crow()
+    opened: list[Connection] = []
+    app.route("/ws").websocket().onopen(opened.append)
+    port = serve(app)
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+    factory.protocol = AutobahnClient
+    client = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory))
+    yield within(client.is_open)
+    while not opened:
+        yield within(_turn())
+    conn = opened[0]
+    reactor_thread = threading.get_ident()
+    ran: list[tuple[str, bool]] = []
+
+    def from_a_thread() -> None:
+        conn.send_text("first")
+        conn.dispatch(lambda: (ran.append(("dispatch", threading.get_ident() == reactor_thread)),
+                               conn.send_text("second")))
+        conn.post(lambda: (ran.append(("post", threading.get_ident() == reactor_thread)), conn.send_text("third")))
+
+    yield deferToThread(from_a_thread)
+    for expected in (b"first", b"second", b"third"):
+        assert (yield client.next_message()) == (expected, False)
+    assert ran == [("dispatch", True), ("post", True)]
+    order: list[str] = []
+    conn.post(lambda: order.append("posted"))
+    conn.dispatch(lambda: order.append("dispatched"))
+    order.append("returned")
+    assert order == ["dispatched", "returned"]  # dispatch runs inline on the reactor thread; post later
+    yield within(_turn())
+    assert order == ["dispatched", "returned", "posted"]
+    conn.dispatch(lambda: 1 / 0)
+    assert any("conn.dispatch/post raised" in e.get("log_format", "") for e in logs.failures())

@@ -45,6 +45,13 @@ def _call_in_reactor(func: Callable[..., object], *args: Any) -> None:
     reactor.callFromThread(func, *args)  # type: ignore[attr-defined]
 
 
+def _run_logged(func: Callable[[], object]) -> None:
+    try:
+        func()
+    except Exception:
+        log.failure("a function given to conn.dispatch/post raised")
+
+
 class Connection:
     """One open WebSocket, as the rule's handlers see it.
 
@@ -177,6 +184,26 @@ class Connection:
         protocol = self._protocol
         if protocol is not None:
             protocol.close_by_app(code, reason)
+
+    # Running code on the reactor thread (Crow's connection.dispatch / post).
+
+    def dispatch(self, func: Callable[[], object]) -> None:
+        """Run ``func()`` on the reactor thread: now if called there, else after the sends this thread
+        queued before (Crow's ``dispatch``).  What it raises is logged."""
+        if get_ident() == self._thread:
+            _run_logged(func)
+        else:
+            _call_in_reactor(_run_logged, func)
+
+    def post(self, func: Callable[[], object]) -> None:
+        """Run ``func()`` on the reactor thread, never inline: after the sends queued before, from any
+        thread, and after the current handler returns (Crow's ``post``).  What it raises is logged."""
+        if get_ident() == self._thread:
+            from twisted.internet import reactor
+
+            reactor.callLater(0, _run_logged, func)
+        else:
+            _call_in_reactor(_run_logged, func)
 
     # Rooms (app-wide, one name space across routes).
 
