@@ -173,3 +173,58 @@ def test_dispatch_and_post_run_on_the_reactor_thread_after_earlier_sends(serve: 
     assert order == ["dispatched", "returned", "posted"]
     conn.dispatch(lambda: 1 / 0)
     assert any("conn.dispatch/post raised" in e.get("log_format", "") for e in logs.failures())
+
+
+def echo_with_bound(route_bound: int, conn_bound: int) -> Crow:
+    app = Crow()
+    rule = app.route("/ws").websocket().max_payload(route_bound)
+    rule.onopen(lambda conn: conn.set_max_payload_size(conn_bound))
+    rule.onmessage(lambda conn, data, is_binary: conn.send_text(data))
+    return app
+
+
+def sizes_through(port: int, sizes: list[int], compression: str | None) -> tuple[list[int], int | None]:
+    """Echo lengths for each message size, until the server closes; and the close code."""
+    from websockets.exceptions import ConnectionClosed
+
+    echoed: list[int] = []
+    with connect(f"ws://127.0.0.1:{port}/ws", compression=compression, open_timeout=10) as ws:
+        try:
+            for size in sizes:
+                ws.send("x" * size)
+                echoed.append(len(ws.recv(timeout=10)))
+        except ConnectionClosed as closed:
+            return echoed, closed.rcvd.code if closed.rcvd else None
+    return echoed, None
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+@pytest_twisted.inlineCallbacks
+def test_set_max_payload_size_bounds_the_connection_from_the_next_message(serve: Any, compression: Any) -> Any:
+    """``conn.set_max_payload_size(n)`` (Crow's) lowers one connection's bound: a larger message gets 1009."""
+    port = serve(echo_with_bound(1024 * 1024, 100))
+    echoed, code = yield deferToThread(sizes_through, port, [100, 50, 101, 5], compression)
+    assert echoed == [100, 50] and code == 1009
+
+
+@pytest_twisted.inlineCallbacks
+def test_set_max_payload_size_may_raise_the_routes_bound(serve: Any) -> Any:
+    """Without compression, a connection's own bound may be above its route's."""
+    port = serve(echo_with_bound(100, 1000))
+    echoed, code = yield deferToThread(sizes_through, port, [100, 1000, 1001], None)
+    assert echoed == [100, 1000] and code == 1009
+
+
+def test_set_max_payload_size_checks_its_argument() -> None:
+    """A bound is a positive int or None, refused at the call otherwise."""
+    from crowtwist.websocket._connection import Connection as Conn
+
+    class Route:
+        pattern = "/ws"
+        connections: tuple[Conn, ...] = ()
+
+    conn = Conn(None, Route(), (), None, "127.0.0.1", None)  # type: ignore[arg-type]
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(ValueError, match="max payload size must be a positive int"):
+            conn.set_max_payload_size(bad)  # type: ignore[arg-type]
+    conn.set_max_payload_size(None)  # (closed: nothing to bound, no error)

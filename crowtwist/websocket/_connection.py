@@ -24,6 +24,7 @@ class Owner(Protocol):
     def send_message(self, payload: bytes, is_binary: bool) -> None: ...
     def send_control(self, payload: bytes, ping: bool) -> None: ...
     def close_by_app(self, code: int, reason: str) -> None: ...
+    def set_max_payload(self, size: int | None) -> None: ...
     def send_shared(self, frame: bytes, payload: bytes, is_binary: bool) -> bool: ...
 
 
@@ -184,6 +185,20 @@ class Connection:
         protocol = self._protocol
         if protocol is not None:
             protocol.close_by_app(code, reason)
+
+    def set_max_payload_size(self, size: int | None) -> None:
+        """Bound this connection's incoming messages to ``size`` bytes from the next message on
+        (Crow's ``set_max_payload_size``); ``None`` lifts the bound.  Over it: 1009.
+
+        On a permessage-deflate connection the decompressor keeps the route's bound too."""
+        from .._settings import check_positive
+
+        check_positive("max payload size", size, integer=True)
+        if get_ident() != self._thread:
+            _call_in_reactor(self.set_max_payload_size, size)
+            return
+        if self._protocol is not None:
+            self._protocol.set_max_payload(size)
 
     # Running code on the reactor thread (Crow's connection.dispatch / post).
 
