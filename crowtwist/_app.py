@@ -214,6 +214,21 @@ class Crow:
         self.apply_settings()
         return self
 
+    @overload
+    def websocket_tcp_nodelay(self) -> bool: ...
+    @overload
+    def websocket_tcp_nodelay(self, on: bool) -> Crow: ...
+
+    def websocket_tcp_nodelay(self, on: Any = _KEEP) -> Crow | bool:
+        """Nagle's algorithm off (``TCP_NODELAY``) on upgraded connections, Crow's setting; on by default.
+
+        With no argument, whether it is on."""
+        if on is _KEEP:
+            return self._settings.tcp_nodelay
+        self._settings.tcp_nodelay = bool(on)
+        self.apply_settings()
+        return self
+
     _LIMITS = frozenset(
         ("max_connections", "max_queue", "max_queue_bytes", "max_send_buffer", "send_buffer_policy",
          "keepalive_interval", "keepalive_timeout", "handshake_timeout", "close_timeout")

@@ -228,3 +228,36 @@ def test_set_max_payload_size_checks_its_argument() -> None:
         with pytest.raises(ValueError, match="max payload size must be a positive int"):
             conn.set_max_payload_size(bad)  # type: ignore[arg-type]
     conn.set_max_payload_size(None)  # (closed: nothing to bound, no error)
+
+
+@pytest.mark.parametrize("on", [True, False])
+@pytest_twisted.inlineCallbacks
+def test_websocket_tcp_nodelay_sets_the_upgraded_sockets_option(serve: Any, on: bool) -> Any:
+    """``app.websocket_tcp_nodelay(on)`` (Crow's) decides TCP_NODELAY on upgraded sockets; on by default."""
+    import socket
+
+    app = Crow()
+    assert app.websocket_tcp_nodelay() is True
+    app.websocket_tcp_nodelay(on)
+    opened: list[Connection] = []
+    app.route("/ws").websocket().onopen(opened.append)
+    port = serve(app)
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+    factory.protocol = AutobahnClient
+    client = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory))
+    yield within(client.is_open)
+    while not opened:
+        yield within(_turn())
+    sock = opened[0]._protocol.transport.getHandle()  # (the server's socket, read as the kernel has it)
+    assert bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is on
+
+
+def test_twistd_no_tcp_nodelay_option() -> None:
+    """``twistd crow --no-tcp-nodelay`` turns the setting off."""
+    from crowtwist.tap import Options, configure
+
+    options = Options()
+    options.parseOptions(["--routes", "tests.broker_routes", "--no-tcp-nodelay"])
+    app = Crow()
+    configure(app, options)
+    assert app.websocket_tcp_nodelay() is False
