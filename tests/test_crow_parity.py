@@ -261,3 +261,17 @@ def test_twistd_no_tcp_nodelay_option() -> None:
     app = Crow()
     configure(app, options)
     assert app.websocket_tcp_nodelay() is False
+
+
+def test_close_status_codes_have_crows_names() -> None:
+    """Every name of Crow's ``CloseStatusCode`` enum is a ``CloseStatusCode`` member with Crow's value."""
+    from crowtwist import CloseStatusCode
+
+    crows = {
+        "NormalClosure": 1000, "EndpointGoingAway": 1001, "ProtocolError": 1002, "UnacceptableData": 1003,
+        "InconsistentData": 1007, "PolicyViolated": 1008, "MessageTooBig": 1009, "ExtensionsNotNegotiated": 1010,
+        "UnexpectedCondition": 1011, "NoStatusCodePresent": 1005, "ClosedAbnormally": 1006,
+        "TLSHandshakeFailure": 1015,
+    }
+    for name, value in crows.items():
+        assert getattr(CloseStatusCode, name) == value, name
