@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from collections.abc import Callable, Iterable, Iterator
 
 from twisted.application.service import MultiService, Service
@@ -73,8 +73,15 @@ class Route:
             endpoint.http[method] = rule
         return func
 
-    def websocket(self) -> WebSocketRule:
-        """Make this a WebSocket route (Crow's ``.websocket(&app)``) and return its rule."""
+    def websocket(self, app: Crow | None = None) -> WebSocketRule:
+        """Make this a WebSocket route (Crow's ``.websocket(&app)``) and return its rule.
+
+        ``app`` may be given, as Crow's code does; it must be this route's app."""
+        if app is not None and app is not self._app:
+            raise ValueError(
+                f"route {self.pattern!r}: .websocket(app) was given another app than the one the route"
+                " was declared on (in Python, plain .websocket() is enough)"
+            )
         if self._methods_given:
             raise ValueError(
                 f"route {self.pattern!r}: .methods() is for HTTP handlers; a WebSocket route answers"
@@ -137,14 +144,30 @@ class Crow:
 
     # Crow's chained settings.
 
-    def websocket_max_payload(self, size: int | None) -> Crow:
-        """App-wide bound on an incoming message after decompression (default 16 MiB)."""
+    @overload
+    def websocket_max_payload(self) -> int | None: ...
+    @overload
+    def websocket_max_payload(self, size: int | None) -> Crow: ...
+
+    def websocket_max_payload(self, size: Any = _KEEP) -> Crow | int | None:
+        """App-wide bound on an incoming message after decompression (default 16 MiB).
+
+        With no argument, the bound (Crow's getter); ``None``: no bound."""
+        if size is _KEEP:
+            return self._settings.websocket_max_payload
         self._settings.websocket_max_payload = check_positive("websocket_max_payload", size, integer=True)
         self.apply_settings()
         return self
 
-    def websocket_compression(self, enabled: bool) -> Crow:
-        """Accept permessage-deflate or not, app-wide (default: accept)."""
+    @overload
+    def websocket_compression(self) -> bool: ...
+    @overload
+    def websocket_compression(self, enabled: bool) -> Crow: ...
+
+    def websocket_compression(self, enabled: Any = _KEEP) -> Crow | bool:
+        """Accept permessage-deflate or not, app-wide (default: accept); with no argument, whether it does."""
+        if enabled is _KEEP:
+            return self._settings.compression
         self._settings.compression = bool(enabled)
         self.apply_settings()
         return self
@@ -166,7 +189,8 @@ class Crow:
 
         Counts and sizes are positive ints, times positive seconds; ``None``
         lifts a bound (all but ``close_timeout``).  Nothing changes unless
-        every value given is valid.
+        every value given is valid.  Returns the app; use ``websocket_limit(name)``
+        to read one.
         """
         changes: dict[str, object] = {}
         for name, value, integer in (
@@ -190,8 +214,43 @@ class Crow:
         self.apply_settings()
         return self
 
-    def websocket_allowed_origins(self, origins: Iterable[str] | None) -> Crow:
-        """Only pages from these origins may open WebSockets (403 otherwise); ``None``: any."""
+    @overload
+    def websocket_tcp_nodelay(self) -> bool: ...
+    @overload
+    def websocket_tcp_nodelay(self, on: bool) -> Crow: ...
+
+    def websocket_tcp_nodelay(self, on: Any = _KEEP) -> Crow | bool:
+        """Nagle's algorithm off (``TCP_NODELAY``) on upgraded connections, Crow's setting; on by default.
+
+        With no argument, whether it is on."""
+        if on is _KEEP:
+            return self._settings.tcp_nodelay
+        self._settings.tcp_nodelay = bool(on)
+        self.apply_settings()
+        return self
+
+    _LIMITS = frozenset(
+        ("max_connections", "max_queue", "max_queue_bytes", "max_send_buffer", "send_buffer_policy",
+         "keepalive_interval", "keepalive_timeout", "handshake_timeout", "close_timeout")
+    )
+
+    def websocket_limit(self, name: str) -> object:
+        """The app-wide value of the limit ``websocket_limits`` calls ``name``."""
+        if name not in self._LIMITS:
+            raise ValueError(f"no WebSocket limit {name!r}; the limits are {', '.join(sorted(self._LIMITS))}")
+        return getattr(self._settings, name)
+
+    @overload
+    def websocket_allowed_origins(self) -> tuple[str, ...] | None: ...
+    @overload
+    def websocket_allowed_origins(self, origins: Iterable[str] | None) -> Crow: ...
+
+    def websocket_allowed_origins(self, origins: Any = _KEEP) -> Crow | tuple[str, ...] | None:
+        """Only pages from these origins may open WebSockets (403 otherwise); ``None``: any.
+
+        With no argument, the list in force (``None``: any)."""
+        if origins is _KEEP:
+            return self._settings.allowed_origins
         if origins is None:
             self._settings.allowed_origins = None
         else:

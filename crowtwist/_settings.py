@@ -87,5 +87,7 @@ class Settings:
     """Messages a connection buffers while a handler is pending; reading pauses when full."""
     max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES
     """Bytes of messages a connection buffers while a handler is pending; reading pauses when full."""
+    tcp_nodelay: bool = True
+    """Nagle's algorithm off on upgraded connections (``TCP_NODELAY``), so small frames go out at once."""
     allowed_origins: tuple[str, ...] | None = None
     """Origins allowed to open WebSockets (see ``websocket/_origin.py``); ``None``: any."""

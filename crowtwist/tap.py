@@ -138,6 +138,7 @@ class Options(usage.Options):
     optFlags = [
         ["enforce-ws-spec", None, "Require masked client frames (Crow's CROW_ENFORCE_WS_SPEC)."],
         ["no-compression", None, "Decline permessage-deflate."],
+        ["no-tcp-nodelay", None, "Leave Nagle's algorithm on for WebSocket connections (TCP_NODELAY off)."],
     ]
 
     def __init__(self) -> None:
@@ -202,6 +203,8 @@ def configure(app: Crow, options: Options) -> None:
         settings.enforce_ws_spec = True
     if options["no-compression"]:
         settings.compression = False
+    if options["no-tcp-nodelay"]:
+        settings.tcp_nodelay = False
     # The option parser stores None both for "not given" and for "none"/"off";
     # only the options actually on the command line override the module.
     given = set(options.given)

@@ -38,8 +38,10 @@ class CloseCode(IntEnum):
     NoStatusCodePresent = 1005
     ClosedAbnormally = 1006
     InvalidData = 1007
+    InconsistentData = 1007  # (Crow's own spelling; InvalidData is kept for code written against ours)
     PolicyViolated = 1008
     MessageTooLarge = 1009
+    MessageTooBig = 1009  # (Crow's own spelling, likewise)
     ExtensionsNotNegotiated = 1010
     UnexpectedCondition = 1011
     ServiceRestart = 1012

@@ -24,6 +24,7 @@ class Owner(Protocol):
     def send_message(self, payload: bytes, is_binary: bool) -> None: ...
     def send_control(self, payload: bytes, ping: bool) -> None: ...
     def close_by_app(self, code: int, reason: str) -> None: ...
+    def set_max_payload(self, size: int | None) -> None: ...
     def send_shared(self, frame: bytes, payload: bytes, is_binary: bool) -> bool: ...
 
 
@@ -43,6 +44,13 @@ def _call_in_reactor(func: Callable[..., object], *args: Any) -> None:
     from twisted.internet import reactor
 
     reactor.callFromThread(func, *args)  # type: ignore[attr-defined]
+
+
+def _run_logged(func: Callable[[], object]) -> None:
+    try:
+        func()
+    except Exception:
+        log.failure("a function given to conn.dispatch/post raised")
 
 
 class Connection:
@@ -145,15 +153,19 @@ class Connection:
         if protocol is not None and protocol.sendable:
             protocol.send_message(payload, is_binary)
 
-    def send_ping(self, data: bytes = b"") -> None:
-        """Send a ping (at most 125 bytes of payload)."""
+    def send_ping(self, data: bytes | str = b"") -> None:
+        """Send a ping (at most 125 bytes of payload; ``str`` is sent as UTF-8, as Crow's ``std::string``)."""
         self._control(data, ping=True)
 
-    def send_pong(self, data: bytes = b"") -> None:
-        """Send an unsolicited pong (at most 125 bytes of payload)."""
+    def send_pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited pong (at most 125 bytes of payload; ``str`` is sent as UTF-8)."""
         self._control(data, ping=False)
 
-    def _control(self, data: bytes, ping: bool) -> None:
+    def _control(self, data: bytes | str, ping: bool) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        elif not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a ping or pong payload is bytes or str, not {type(data).__name__}")
         if len(data) > 125:
             raise ValueError("ping and pong payloads are at most 125 bytes")
         if get_ident() != self._thread:
@@ -173,6 +185,40 @@ class Connection:
         protocol = self._protocol
         if protocol is not None:
             protocol.close_by_app(code, reason)
+
+    def set_max_payload_size(self, size: int | None) -> None:
+        """Bound this connection's incoming messages to ``size`` bytes from the next message on
+        (Crow's ``set_max_payload_size``); ``None`` lifts the bound.  Over it: 1009.
+
+        On a permessage-deflate connection the decompressor keeps the route's bound too."""
+        from .._settings import check_positive
+
+        check_positive("max payload size", size, integer=True)
+        if get_ident() != self._thread:
+            _call_in_reactor(self.set_max_payload_size, size)
+            return
+        if self._protocol is not None:
+            self._protocol.set_max_payload(size)
+
+    # Running code on the reactor thread (Crow's connection.dispatch / post).
+
+    def dispatch(self, func: Callable[[], object]) -> None:
+        """Run ``func()`` on the reactor thread: now if called there, else after the sends this thread
+        queued before (Crow's ``dispatch``).  What it raises is logged."""
+        if get_ident() == self._thread:
+            _run_logged(func)
+        else:
+            _call_in_reactor(_run_logged, func)
+
+    def post(self, func: Callable[[], object]) -> None:
+        """Run ``func()`` on the reactor thread, never inline: after the sends queued before, from any
+        thread, and after the current handler returns (Crow's ``post``).  What it raises is logged."""
+        if get_ident() == self._thread:
+            from twisted.internet import reactor
+
+            reactor.callLater(0, _run_logged, func)
+        else:
+            _call_in_reactor(_run_logged, func)
 
     # Rooms (app-wide, one name space across routes).
 

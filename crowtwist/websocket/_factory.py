@@ -56,6 +56,7 @@ def build_factory(rule: RouteHandlers) -> RuleFactory:
         closeHandshakeTimeout=settings.close_timeout,
         autoPingInterval=settings.keepalive_interval or 0,
         autoPingTimeout=settings.keepalive_timeout or 0,
+        tcpNoDelay=settings.tcp_nodelay,
     )
     base: type[Any] = protocol_base()
     if FAST:

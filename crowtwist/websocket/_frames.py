@@ -190,6 +190,15 @@ class FrameParser:
         self._need_end = 0
 
     @property
+    def max_size(self) -> int | None:
+        """The bound on a data frame's payload; set it to change it from the next frame's header on."""
+        return None if self._limit == _NO_LIMIT else self._limit
+
+    @max_size.setter
+    def max_size(self, size: int | None) -> None:
+        self._limit = _NO_LIMIT if size is None else size
+
+    @property
     def buffered(self) -> int:
         """Bytes fed and not yet consumed by a returned frame."""
         return len(self._data) - self._pos + self._pending

@@ -70,6 +70,7 @@ class _Glue(_Base):
     """Frames parsed and not acted on yet: the queue filled up before them."""
     """False once the connection is failed: what the peer sends after is not read."""
     _assembler: MessageAssembler | None = None
+    _max_payload: int | None = None
     _out: Outgoing | None = None
 
     def __init__(self) -> None:
@@ -125,6 +126,16 @@ class _Glue(_Base):
         """Whether frames may bypass autobahn's sender: not on its public paths."""
         return not isinstance(self, PublicProtocol)
 
+    def set_max_payload(self, size: int | None) -> None:
+        """This connection's bound on an incoming message, from the next message on."""
+        self._max_payload = size
+        if self._parser is not None:
+            self._parser.max_size = size
+        else:
+            # autobahn's frame machinery (compressed or public paths) checks its protocol
+            # option per frame; the deflate decompressor keeps the bound it was made with.
+            self.maxMessagePayloadSize = size or 0
+
     def close_by_app(self, code: int, reason: str) -> None:
         """Start the close handshake on the application's behalf."""
         if self.sendable:
@@ -140,6 +151,7 @@ class _Glue(_Base):
         conn = self.conn = Connection(
             self, route, params, userdata, peer_host(cast(Any, self.transport).getPeer()), self.websocket_protocol_in_use
         )
+        self._max_payload = route.effective_max_payload
         if self.plain:
             self._parser = FrameParser(
                 max_size=route.effective_max_payload, require_mask=route.settings.enforce_ws_spec
@@ -299,7 +311,7 @@ class _Glue(_Base):
             # Fragments, or a message arriving after our close frame: delivered.
             assembler = self._assembler
             if assembler is None:
-                assembler = self._assembler = MessageAssembler(max_size=self._route.effective_max_payload)
+                assembler = self._assembler = MessageAssembler(max_size=self._max_payload)
             done = assembler.add(Frame(opcode, payload, first > 0x7F, (first >> 4) & 7))
             if done is not None:
                 self._assembler = None

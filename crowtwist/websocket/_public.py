@@ -133,11 +133,11 @@ class PublicProtocol(ProtocolHooks):
         self.websocket_protocol_in_use = subprotocol
         transport: Any = self.transport
         # autobahn's connectionMade sets TCP_NODELAY before it copies the option
-        # it sets it to (and ignores the error); Nagle off is what crowtwist wants.
+        # it sets it to (and ignores the error): the rule's setting, then.
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
-                set_no_delay(True)
+                set_no_delay(rule.settings.tcp_nodelay)
             except OSError:  # not a TCP socket
                 pass
         self._wire = Wire(transport, self)

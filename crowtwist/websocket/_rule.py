@@ -6,6 +6,7 @@ rule sees the others), never the app itself.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable, Iterator
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["ConnectionsView", "RuleRegistry", "WebSocketRule"]
 
 _UNSET: Any = object()
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An RFC 9110 token: what a subprotocol's name is."""
 
 
 class ConnectionsView:
@@ -130,6 +134,7 @@ class WebSocketRule:
         self._compression: bool | None = None
         self.offered_subprotocols: tuple[str, ...] = ()
         self._client_order = False
+        self._mirror = False
         self._max_connections: int | None = None
         self._max_queue: int | None = _UNSET
         self._max_queue_bytes: int | None = _UNSET
@@ -207,6 +212,12 @@ class WebSocketRule:
                 raise ValueError(f"route {self.pattern!r}: invalid subprotocol {protocol!r}")
         self._client_order = unordered
         self.offered_subprotocols = tuple(sorted(protocols)) if unordered else protocols
+        return self
+
+    def mirrorprotocols(self, mirror: bool = True) -> WebSocketRule:
+        """Accept whatever subprotocols the client offers, answering with its first choice (Crow's
+        ``mirrorprotocols``); ``subprotocols(...)`` is ignored while this is on."""
+        self._mirror = bool(mirror)
         return self
 
     def compression(self, enabled: bool) -> WebSocketRule:
@@ -324,7 +335,10 @@ class WebSocketRule:
         return self._compression
 
     def choose_subprotocol(self, offered: Iterable[str]) -> str | None:
-        """The protocol to answer with: see ``subprotocols``."""
+        """The protocol to answer with: see ``subprotocols`` and ``mirrorprotocols``."""
+        if self._mirror:
+            # The client's first offer that is a token (RFC 6455 4.1: what it may offer).
+            return next((protocol for protocol in offered if _TOKEN.fullmatch(protocol)), None)
         ours = self.offered_subprotocols
         if self._client_order:
             return next((protocol for protocol in offered if protocol in ours), None)
