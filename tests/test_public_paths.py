@@ -286,6 +286,7 @@ def test_a_forced_child_warns_once_and_serves_an_echo(tmp_path: Path) -> None:
 SUITES = [
     "tests/test_broadcast.py",
     "tests/test_compression.py",
+    "tests/test_crow_parity.py",
     "tests/test_edges.py",
     "tests/test_end_to_end.py",
     "tests/test_examples.py",
