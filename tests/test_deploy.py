@@ -247,7 +247,15 @@ def silent_proxy(
 
 def ws(url: str, certs: Certs | None = None, **kwargs: object) -> ClientConnection:
     """The websockets library's client; its own pings off, so only crowtwist's keep a connection busy."""
-    tls = certs.context if certs is not None and url.startswith("wss:") else None
+    tls = None
+    if certs is not None and url.startswith("wss:"):
+        # TLS 1.2 for this client: over TLS 1.3 the websockets library's sync client (17.4)
+        # now and then never sees the 101 (2 handshakes of 600 timed out through HAProxy),
+        # where a plain ssl-module client got 800 of 800 through the same proxies, and
+        # this client over TLS 1.2 1,200 of 1,200. The proxies' TLS, not crowtwist, is what
+        # these tests try; get() (urllib) still speaks TLS 1.3 to them.
+        tls = ssl.create_default_context(cafile=str(certs.cert))
+        tls.maximum_version = ssl.TLSVersion.TLSv1_2
     return connect(  # type: ignore[arg-type]
         url, ssl=tls, open_timeout=10, close_timeout=10, ping_interval=None, max_size=4 << 20, **kwargs
     )
