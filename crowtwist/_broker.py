@@ -277,11 +277,15 @@ class RedisBroker:
         else:
             self._refused_until = 0.0
             self._publish_refusal_said = False
-        if not self._inflight and self._behind:
-            behind, self._behind = self._behind, []
-            for waiting_channel, waiting_data in behind:
-                self.dropped += 1
-                self._deliver(waiting_channel, waiting_data)
+        if not self._inflight:
+            self._deliver_behind()
+
+    def _deliver_behind(self) -> None:
+        """Deliver here what waited behind refused PUBLISHes (nothing is in flight before it any more)."""
+        behind, self._behind = self._behind, []
+        for channel, data in behind:
+            self.dropped += 1
+            self._deliver(channel, data)
 
     def subscribe(self, channel: str) -> None:
         """This process has members in ``channel`` now."""
@@ -410,10 +414,7 @@ class RedisBroker:
         was_up = self.up
         self._publisher = self._subscriber = self._subscribing = None
         self._inflight.clear()
-        behind, self._behind = self._behind, []
-        for channel, data in behind:
-            self.dropped += 1
-            self._deliver(channel, data)
+        self._deliver_behind()
         if not self._running:
             return
         if was_up:

@@ -4,7 +4,11 @@ from typing import Any
 from collections.abc import Iterator
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 from twisted.logger import LogLevel, globalLogPublisher
+
+from crowtwist import Crow
 
 
 class LogCapture:
@@ -29,6 +33,21 @@ def logs() -> Iterator[LogCapture]:
         yield capture
     finally:
         globalLogPublisher.removeObserver(capture)
+
+
+@pytest.fixture
+def site_port() -> Iterator[Any]:
+    """Serve app.site() (the deadline-keeping Site) on a random 127.0.0.1 port."""
+    ports: list[Any] = []
+
+    def start(app: Crow) -> int:
+        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        ports.append(port)
+        return int(port.getHost().port)
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
 
 
 # Tests that check what only crowtwist's autobahn fast paths give, marked

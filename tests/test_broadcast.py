@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -18,21 +17,6 @@ from crowtwist.websocket import _broadcast
 from crowtwist.websocket._broadcast import room_channel, route_channel
 
 from .clients import connect_autobahn, within
-
-
-@pytest.fixture
-def serve() -> Iterator[Any]:
-    """Serve an app's site on a random port; stop listening afterwards."""
-    ports: list[Any] = []
-
-    def start(app: Crow) -> int:
-        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
-        ports.append(port)
-        return int(port.getHost().port)
-
-    yield start
-    for port in ports:
-        pytest_twisted.blockon(port.stopListening())
 
 
 def chat_app() -> tuple[Crow, dict[str, list[Connection]]]:
@@ -70,10 +54,10 @@ def deferLater(seconds: float) -> Deferred[None]:
 
 
 @pytest_twisted.inlineCallbacks
-def test_broadcast_reaches_every_connection_of_the_route_once_the_sender_included(serve: Any) -> Any:
+def test_broadcast_reaches_every_connection_of_the_route_once_the_sender_included(site_port: Any) -> Any:
     """``rule.broadcast`` sends to each open connection of its route once, the sender's too, and to no other route."""
     app, opened = chat_app()
-    port = serve(app)
+    port = site_port(app)
     clients = yield opened_clients(port, "/chat", 3, opened["chat"])
     (other,) = yield opened_clients(port, "/room/lobby", 1, opened["room"])
     clients[1].sendMessage(b"hello", False)
@@ -89,10 +73,10 @@ def test_broadcast_reaches_every_connection_of_the_route_once_the_sender_include
 
 
 @pytest_twisted.inlineCallbacks
-def test_rooms_are_app_wide_and_a_closed_connection_leaves_them(serve: Any) -> Any:
+def test_rooms_are_app_wide_and_a_closed_connection_leaves_them(site_port: Any) -> Any:
     """A room spans routes; ``leave`` and closing take a connection out of it."""
     app, opened = chat_app()
-    port = serve(app)
+    port = site_port(app)
     a, b = yield opened_clients(port, "/room/x", 2, opened["room"])
     (c,) = yield opened_clients(port, "/chat", 1, opened["chat"])
     conn_c = opened["chat"][0]
@@ -127,13 +111,13 @@ def test_rooms_are_app_wide_and_a_closed_connection_leaves_them(serve: Any) -> A
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_frame_is_built_once_per_broadcast_whatever_the_audience(serve: Any, monkeypatch: Any) -> Any:
+def test_a_frame_is_built_once_per_broadcast_whatever_the_audience(site_port: Any, monkeypatch: Any) -> Any:
     """One broadcast to many connections builds its frame once (as websockets' ``broadcast`` does)."""
     built = []
     real = _broadcast.data_header
     monkeypatch.setattr(_broadcast, "data_header", lambda *a: built.append(a) or real(*a))
     app, opened = chat_app()
-    port = serve(app)
+    port = site_port(app)
     clients = yield opened_clients(port, "/chat", 8, opened["chat"])
     app.websocket_rules[0].broadcast("x" * 300)
     for client in clients:
@@ -144,12 +128,12 @@ def test_a_frame_is_built_once_per_broadcast_whatever_the_audience(serve: Any, m
 
 @pytest.mark.fast_paths("compression")
 @pytest_twisted.inlineCallbacks
-def test_a_compressed_connection_gets_broadcasts_through_its_own_deflate(serve: Any) -> Any:
+def test_a_compressed_connection_gets_broadcasts_through_its_own_deflate(site_port: Any) -> Any:
     """A connection with permessage-deflate (websockets' client) gets each broadcast, next to plain ones."""
     from websockets.sync.client import connect
 
     app, opened = chat_app()
-    port = serve(app)
+    port = site_port(app)
     plain = yield connect_autobahn(port, "/chat")
     ready = threading.Event()
     go = threading.Event()
@@ -173,11 +157,11 @@ def test_a_compressed_connection_gets_broadcasts_through_its_own_deflate(serve: 
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_slow_reader_is_skipped_counted_and_logged_once_and_stays_open(serve: Any, logs: Any) -> Any:
+def test_a_slow_reader_is_skipped_counted_and_logged_once_and_stays_open(site_port: Any, logs: Any) -> Any:
     """A connection whose send buffer is over its bound misses broadcasts (counted, one warning) and is not closed."""
     app, opened = chat_app()
     app.websocket_limits(max_send_buffer=256 * 1024)
-    port = serve(app)
+    port = site_port(app)
     slow, fast = yield opened_clients(port, "/chat", 2, opened["chat"])
     slow.transport.pauseProducing()  # reads nothing: the kernel's buffers fill, then ours
     slow_conn = opened["chat"][0]
@@ -206,10 +190,10 @@ def test_a_slow_reader_is_skipped_counted_and_logged_once_and_stays_open(serve: 
 
 
 @pytest_twisted.inlineCallbacks
-def test_broadcast_and_publish_from_another_thread_are_delivered(serve: Any) -> Any:
+def test_broadcast_and_publish_from_another_thread_are_delivered(site_port: Any) -> Any:
     """``rule.broadcast`` and ``app.publish`` called off the reactor thread reach the clients."""
     app, opened = chat_app()
-    port = serve(app)
+    port = site_port(app)
     (client,) = yield opened_clients(port, "/room/t", 1, opened["room"])
     yield deferToThread(app.publish, "t", "from a thread")
     assert (yield client.next_message()) == (b"from a thread", False)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
-from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect
@@ -19,21 +18,6 @@ from crowtwist import Connection, Crow
 from .clients import AutobahnClient, within
 
 
-@pytest.fixture
-def serve() -> Iterator[Any]:
-    """Serve an app's site on a random port; stop listening afterwards."""
-    ports: list[Any] = []
-
-    def start(app: Crow) -> int:
-        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
-        ports.append(port)
-        return int(port.getHost().port)
-
-    yield start
-    for port in ports:
-        pytest_twisted.blockon(port.stopListening())
-
-
 def negotiated(port: int, offered: list[str] | None) -> str | None:
     """The subprotocol the server chose for websockets' client offering ``offered``."""
     with connect(f"ws://127.0.0.1:{port}/ws", subprotocols=offered, open_timeout=10) as ws:  # type: ignore[arg-type]
@@ -41,11 +25,11 @@ def negotiated(port: int, offered: list[str] | None) -> str | None:
 
 
 @pytest_twisted.inlineCallbacks
-def test_mirrorprotocols_answers_with_the_clients_first_choice(serve: Any) -> Any:
+def test_mirrorprotocols_answers_with_the_clients_first_choice(site_port: Any) -> Any:
     """``rule.mirrorprotocols()`` accepts any offered subprotocol and echoes the client's first (Crow's)."""
     app = Crow()
     app.route("/ws").websocket().subprotocols(["ignored"]).mirrorprotocols()
-    port = serve(app)
+    port = site_port(app)
     assert (yield deferToThread(negotiated, port, ["wamp.2.json", "chat"])) == "wamp.2.json"
     assert (yield deferToThread(negotiated, port, ["chat"])) == "chat"
     assert (yield deferToThread(negotiated, port, None)) is None
@@ -77,18 +61,13 @@ class PingRecorder(AutobahnClient):
 
 
 @pytest_twisted.inlineCallbacks
-def test_send_ping_and_pong_take_str_as_utf8(serve: Any) -> Any:
+def test_send_ping_and_pong_take_str_as_utf8(site_port: Any) -> Any:
     """``send_ping("")`` and ``send_pong("h\u00e9")`` go out (as UTF-8), as Crow's ``std::string`` forms do."""
     app = Crow()
     opened: list[Connection] = []
     app.route("/ws").websocket().onopen(opened.append)
-    port = serve(app)
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
-    factory.protocol = PingRecorder
-    client = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory))
-    yield within(client.is_open)
-    while not opened:
-        yield within(_turn())
+    port = site_port(app)
+    client = yield opened_client(port, opened, PingRecorder)
     opened[0].send_ping("")
     opened[0].send_ping("ping me")
     opened[0].send_pong("h\u00e9")
@@ -100,6 +79,18 @@ def test_send_ping_and_pong_take_str_as_utf8(serve: Any) -> Any:
         opened[0].send_ping(5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at most 125"):
         opened[0].send_ping("\u00e9" * 63)  # 126 bytes in UTF-8
+
+
+@inlineCallbacks
+def opened_client(port: int, opened: list[Connection], protocol: type[AutobahnClient] = AutobahnClient) -> Any:
+    """An autobahn client of ``ws://127.0.0.1:port/ws``, once the server's ``onopen`` has run for it."""
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+    factory.protocol = protocol
+    client = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory))
+    yield within(client.is_open)
+    while not opened:  # (onopen runs in the turn after the 101)
+        yield within(_turn())
+    return client
 
 
 def _turn() -> Deferred[None]:
@@ -136,20 +127,15 @@ def test_websocket_may_be_given_its_app_as_in_crow() -> None:
 
 
 @pytest_twisted.inlineCallbacks
-def test_dispatch_and_post_run_on_the_reactor_thread_after_earlier_sends(serve: Any, logs: Any) -> Any:
+def test_dispatch_and_post_run_on_the_reactor_thread_after_earlier_sends(site_port: Any, logs: Any) -> Any:
     """From another thread, ``dispatch``/``post`` run after the sends that thread made; ``post`` never inline."""
     import threading
 
     app = Crow()
     opened: list[Connection] = []
     app.route("/ws").websocket().onopen(opened.append)
-    port = serve(app)
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
-    factory.protocol = AutobahnClient
-    client = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory))
-    yield within(client.is_open)
-    while not opened:
-        yield within(_turn())
+    port = site_port(app)
+    client = yield opened_client(port, opened)
     conn = opened[0]
     reactor_thread = threading.get_ident()
     ran: list[tuple[str, bool]] = []
@@ -200,17 +186,17 @@ def sizes_through(port: int, sizes: list[int], compression: str | None) -> tuple
 
 @pytest.mark.parametrize("compression", [None, "deflate"])
 @pytest_twisted.inlineCallbacks
-def test_set_max_payload_size_bounds_the_connection_from_the_next_message(serve: Any, compression: Any) -> Any:
+def test_set_max_payload_size_bounds_the_connection_from_the_next_message(site_port: Any, compression: Any) -> Any:
     """``conn.set_max_payload_size(n)`` (Crow's) lowers one connection's bound: a larger message gets 1009."""
-    port = serve(echo_with_bound(1024 * 1024, 100))
+    port = site_port(echo_with_bound(1024 * 1024, 100))
     echoed, code = yield deferToThread(sizes_through, port, [100, 50, 101, 5], compression)
     assert echoed == [100, 50] and code == 1009
 
 
 @pytest_twisted.inlineCallbacks
-def test_set_max_payload_size_may_raise_the_routes_bound(serve: Any) -> Any:
+def test_set_max_payload_size_may_raise_the_routes_bound(site_port: Any) -> Any:
     """Without compression, a connection's own bound may be above its route's."""
-    port = serve(echo_with_bound(100, 1000))
+    port = site_port(echo_with_bound(100, 1000))
     echoed, code = yield deferToThread(sizes_through, port, [100, 1000, 1001], None)
     assert echoed == [100, 1000] and code == 1009
 
@@ -232,7 +218,7 @@ def test_set_max_payload_size_checks_its_argument() -> None:
 
 @pytest.mark.parametrize("on", [True, False])
 @pytest_twisted.inlineCallbacks
-def test_websocket_tcp_nodelay_sets_the_upgraded_sockets_option(serve: Any, on: bool) -> Any:
+def test_websocket_tcp_nodelay_sets_the_upgraded_sockets_option(site_port: Any, on: bool) -> Any:
     """``app.websocket_tcp_nodelay(on)`` (Crow's) decides TCP_NODELAY on upgraded sockets; on by default."""
     import socket
 
@@ -241,13 +227,8 @@ def test_websocket_tcp_nodelay_sets_the_upgraded_sockets_option(serve: Any, on: 
     app.websocket_tcp_nodelay(on)
     opened: list[Connection] = []
     app.route("/ws").websocket().onopen(opened.append)
-    port = serve(app)
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
-    factory.protocol = AutobahnClient
-    client = yield within(TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory))
-    yield within(client.is_open)
-    while not opened:
-        yield within(_turn())
+    port = site_port(app)
+    yield opened_client(port, opened)
     sock = opened[0]._protocol.transport.getHandle()  # (the server's socket, read as the kernel has it)
     assert bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is on
 

@@ -25,20 +25,6 @@ from .memory import MemoryClient
 from .test_end_to_end import wait_until
 
 
-@pytest.fixture
-def site_port() -> Iterator[Any]:
-    """Serve app.site() (the deadline-keeping Site) on a random 127.0.0.1 port."""
-    ports: list[Any] = []
-
-    def start(app: Crow) -> int:
-        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")  # type: ignore[attr-defined]
-        ports.append(port)
-        return int(port.getHost().port)
-
-    yield start
-    for port in ports:
-        pytest_twisted.blockon(port.stopListening())
-
 
 def test_defaults_are_documented_values() -> None:
     """The defaults docs/limits.md lists are the ones in force."""
