@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
-from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Mapping, Sequence
 
@@ -15,6 +13,7 @@ from twisted.internet.defer import CancelledError
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._handlers import Handler, as_deferred
+from ._response import Response
 from ._routing import ParamValue
 
 __all__ = ["HttpRule", "Response", "render_http", "write_response"]
@@ -22,37 +21,6 @@ __all__ = ["HttpRule", "Response", "render_http", "write_response"]
 log = Logger(namespace="crowtwist")
 
 _KNOWN_CODES = frozenset(status.value for status in HTTPStatus)
-
-Body = str | bytes | dict[str, Any] | list[Any] | None
-
-
-@dataclass
-class Response:
-    """Crow's ``crow::response``: a status code, a body, and headers.
-
-    A ``str`` body is sent as UTF-8 text, ``bytes`` as they are, a ``dict``
-    or ``list`` as JSON; ``Content-Type`` follows unless a header sets it.
-    """
-
-    code: int = 200
-    body: Body = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def set_header(self, name: str, value: str) -> None:
-        """Set one header, replacing any of the same name."""
-        self.headers[name] = value
-
-    def encoded(self) -> tuple[bytes, str | None]:
-        """The body's bytes and the content type that goes with them."""
-        body = self.body
-        if body is None:
-            return b"", None
-        if isinstance(body, bytes):
-            return body, "application/octet-stream" if body else None
-        if isinstance(body, str):
-            return body.encode("utf-8"), "text/plain; charset=utf-8"
-        return json.dumps(body).encode("utf-8"), "application/json"
-
 
 def as_response(result: object) -> Response:
     """What a handler returned, as a ``Response``."""
@@ -73,8 +41,10 @@ def write_response(request: Request, response: Response, finish: bool = False) -
     # twisted.web's default Server header names its version.
     request.setHeader(b"server", b"crowtwist")
     names = {name.lower() for name in response.headers}
-    for name, value in response.headers.items():
-        request.setHeader(name, value)
+    for name in names:
+        request.responseHeaders.removeHeader(name)
+    for name, value in response.header_lines():
+        request.responseHeaders.addRawHeader(name, value)
     if content_type is not None and "content-type" not in names:
         request.setHeader(b"content-type", content_type)
     if not finish:
