@@ -13,10 +13,15 @@ from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 
 from ._broker import RedisBroker
+from ._handlers import Handler, user_location
 from ._http import HttpRule
+from ._compress import compress_body
+from ._middleware import contexts_of
+from ._response import Response
+from ._static import resolve, serve_file
 from ._twisted import listening_service
-from ._resource import Endpoint, RouteResource
-from ._routing import ParamType, RouteNode, parse_pattern
+from ._resource import CatchAll, Endpoint, RouteResource, Routes
+from ._routing import PATH, ParamType, RouteNode, Segment, parse_pattern
 from ._settings import DEFAULT_BINDADDR, DEFAULT_PORT, Settings, check_positive
 from ._site import CrowSite
 from .websocket._broadcast import check_room, room_channel
@@ -28,11 +33,12 @@ from .websocket._rule import RuleRegistry, WebSocketRule
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamServerEndpoint
 
-__all__ = ["Crow", "Route"]
+__all__ = ["Blueprint", "Crow", "Route"]
 
 log = Logger(namespace="crowtwist")
 
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M")
 
 _KEEP: Any = object()
 
@@ -41,57 +47,234 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _chain(middlewares: Iterable[Any], where: str) -> tuple[Any, ...]:
+    """Middleware as given to ``.middlewares(...)``: instances, or classes made with no arguments."""
+    chain = []
+    for middleware in middlewares:
+        if isinstance(middleware, type):
+            middleware = middleware()
+        if not (hasattr(middleware, "before_handle") or hasattr(middleware, "after_handle")):
+            raise TypeError(
+                f"{where}: {middleware!r} is no middleware: it has neither before_handle nor after_handle"
+            )
+        chain.append(middleware)
+    return tuple(chain)
+
+
 class Route:
     """What ``app.route(pattern)`` returns: call it with a handler, or ask for ``.websocket()``."""
 
-    def __init__(self, app: Crow, pattern: str) -> None:
-        self._app = app
+    def __init__(self, owner: Crow | Blueprint, pattern: str) -> None:
+        self._owner = owner
         self.pattern = pattern
-        self._segments = parse_pattern(pattern)
+        self._where = user_location()
+        try:
+            self._segments = parse_pattern(pattern)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{self._where}: {error}") from None
         self._methods: frozenset[str] = frozenset({"GET"})
         self._methods_given = False
+        self._middlewares: tuple[Any, ...] = ()
 
     def methods(self, *methods: str) -> Route:
         """The HTTP methods this route answers (default ``GET``; ``HEAD`` follows ``GET``)."""
         if not methods:
-            raise ValueError(f"route {self.pattern!r}: methods() needs at least one method")
+            raise ValueError(f"{self._where}: route {self.pattern!r}: methods() needs at least one method")
+        for method in methods:
+            if not isinstance(method, str) or not method.isascii() or not method.isalpha():
+                raise ValueError(f"{self._where}: route {self.pattern!r}: {method!r} is no HTTP method")
         self._methods = frozenset(m.upper() for m in methods)
         self._methods_given = True
         return self
 
+    def middlewares(self, *middlewares: Any) -> Route:
+        """Middleware for this route alone (Crow's ``CROW_MIDDLEWARES``), run after the app's and its blueprints'."""
+        self._middlewares = (*self._middlewares, *_chain(middlewares, self._where))
+        return self
+
     def __call__(self, func: F) -> F:
         """Register ``func`` as this route's HTTP handler; returns it, so this is a decorator."""
-        param_count = sum(isinstance(s, ParamType) for s in self._segments)
-        rule = HttpRule(self.pattern, param_count, self._methods, func)
-        endpoint = self._app._endpoint(self._segments)
-        taken = sorted(self._methods & set(endpoint.http))
-        if taken:
-            raise ValueError(
-                f"route {self.pattern!r}: an HTTP rule for {', '.join(taken)} on this path already exists"
-            )
-        for method in self._methods:
-            endpoint.http[method] = rule
+        types = [s for s in self._segments if isinstance(s, ParamType)]
+        methods, middlewares, where = self._methods, self._middlewares, self._where
+        # Checked now, where the user declared it, even in a blueprint not yet registered.
+        HttpRule(self.pattern, types, methods, func, middlewares, where)
+
+        def declare(app: Crow, prefix: tuple[Segment, ...], pattern: str, outer: tuple[Any, ...]) -> None:
+            rule = HttpRule(pattern, types, methods, func, (*outer, *middlewares), where)
+            endpoint = app._endpoint((*prefix, *self._segments))
+            taken = sorted(methods & set(endpoint.http))
+            if taken:
+                raise ValueError(
+                    f"{where}: route {pattern!r}: an HTTP rule for {', '.join(taken)} on this path already exists"
+                )
+            for method in methods:
+                endpoint.http[method] = rule
+
+        self._owner._declare(self.pattern, declare)
         return func
 
     def websocket(self, app: Crow | None = None) -> WebSocketRule:
         """Make this a WebSocket route (Crow's ``.websocket(&app)``) and return its rule.
 
         ``app`` may be given, as Crow's code does; it must be this route's app."""
-        if app is not None and app is not self._app:
+        owner = self._owner
+        where = self._where
+        if app is not None and not (app is owner or (isinstance(owner, Blueprint) and owner.app in (None, app))):
             raise ValueError(
-                f"route {self.pattern!r}: .websocket(app) was given another app than the one the route"
+                f"{where}: route {self.pattern!r}: .websocket(app) was given another app than the one the route"
                 " was declared on (in Python, plain .websocket() is enough)"
             )
         if self._methods_given:
             raise ValueError(
-                f"route {self.pattern!r}: .methods() is for HTTP handlers; a WebSocket route answers"
+                f"{where}: route {self.pattern!r}: .methods() is for HTTP handlers; a WebSocket route answers"
                 " GET upgrades only (declare HTTP methods on a separate app.route(...) of the same path)"
             )
-        endpoint = self._app._endpoint(self._segments)
-        if endpoint.websocket is not None:
-            raise ValueError(f"route {self.pattern!r}: a WebSocket rule on this path already exists")
-        endpoint.websocket = self._app._new_websocket_rule(self.pattern)
-        return endpoint.websocket
+        rule = WebSocketRule(self.pattern, Settings(), RuleRegistry()) if isinstance(owner, Blueprint) else None
+        middlewares = self._middlewares
+        made: list[WebSocketRule] = []
+
+        def declare(app: Crow, prefix: tuple[Segment, ...], pattern: str, outer: tuple[Any, ...]) -> None:
+            endpoint = app._endpoint((*prefix, *self._segments))
+            if endpoint.websocket is not None:
+                raise ValueError(f"{where}: route {pattern!r}: a WebSocket rule on this path already exists")
+            if rule is None:
+                endpoint.websocket = app._new_websocket_rule(pattern)
+            else:
+                rule.adopt(pattern, app._settings, app._websockets)
+                endpoint.websocket = rule
+            endpoint.ws_middlewares = (*outer, *middlewares)
+            made.append(endpoint.websocket)
+
+        owner._declare(self.pattern, declare)
+        return made[0] if rule is None else rule
+
+
+Declaration = Callable[["Crow", tuple[Segment, ...], str, tuple[Any, ...]], None]
+"""Puts one route into an app: given it, the route's prefix segments, its whole pattern, the outer middleware."""
+
+
+class Blueprint:
+    """Crow's ``crow::Blueprint``: routes under a prefix, registered on an app (or another blueprint) at once.
+
+    ``Blueprint("api")`` serves its ``route("/users")`` at ``/api/users``;
+    ``static_dir`` is served at ``/api/static/<path>``.  A blueprint has its
+    own ``catchall_route`` (for misses under its prefix) and ``middlewares``
+    (around its routes, after the app's).  Routes may be declared before or
+    after it is registered.
+    """
+
+    def __init__(self, prefix: str, static_dir: str | os.PathLike[str] | None = None,
+                 templates_dir: str | os.PathLike[str] | None = None) -> None:
+        where = user_location()
+        if not isinstance(prefix, str):
+            raise TypeError(f"{where}: a blueprint prefix must be a str, not {type(prefix).__name__}")
+        stripped = prefix.strip("/")
+        try:
+            segments = parse_pattern("/" + stripped)
+        except ValueError as error:
+            raise ValueError(f"{where}: blueprint prefix {prefix!r}: {error}") from None
+        if not stripped or any(not isinstance(s, str) or not s for s in segments):
+            raise ValueError(
+                f"{where}: blueprint prefix {prefix!r} must be one or more plain path segments, like 'api' or 'api/v1'"
+            )
+        self._own: tuple[Segment, ...] = segments
+        self.static_dir = None if static_dir is None else os.fspath(static_dir)
+        self.templates_dir = None if templates_dir is None else os.fspath(templates_dir)
+        self._where = where
+        self._declarations: list[tuple[str, Declaration]] = []
+        self._children: list[Blueprint] = []
+        self._middlewares: tuple[Any, ...] = ()
+        self._catchall: CatchAll | None = None
+        self._parent: Blueprint | None = None
+        self.app: Crow | None = None
+        """The app it is registered on, through its parents if nested."""
+        self._placed: tuple[tuple[Segment, ...], tuple[Any, ...]] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Blueprint {self.prefix!r}>"
+
+    @property
+    def prefix(self) -> str:
+        """The URL prefix its routes are served under (its parents' included, once registered)."""
+        segments = self._placed[0] if self._placed is not None else self._own
+        return "/" + "/".join(str(s) for s in segments)
+
+    def route(self, pattern: str) -> Route:
+        """Crow's ``CROW_BP_ROUTE(bp, pattern)``: a route under this blueprint's prefix."""
+        return Route(self, pattern)
+
+    def middlewares(self, *middlewares: Any) -> Blueprint:
+        """Middleware around every route of this blueprint (and its nested ones), after the app's."""
+        if self._placed is not None:
+            raise ValueError(f"{user_location()}: {self!r}: declare a blueprint's middleware before registering it")
+        self._middlewares = (*self._middlewares, *_chain(middlewares, user_location()))
+        return self
+
+    def catchall_route(self) -> Callable[[F], F]:
+        """Crow's ``CROW_BP_CATCHALL_ROUTE``: answers 404 and 405 under this prefix (see ``Crow.catchall_route``)."""
+        where = user_location()
+
+        def register(func: F) -> F:
+            self._catchall = CatchAll(func, where)
+            if self.app is not None and self._placed is not None:
+                self.app._routes.catchalls[_static_part(self._placed[0])] = self._catchall
+            return func
+
+        return register
+
+    def register_blueprint(self, blueprint: Blueprint) -> Blueprint:
+        """Nest ``blueprint`` under this one: its prefix follows this one's."""
+        _check_unregistered(blueprint)
+        if blueprint is self or blueprint in self._ancestors():
+            raise ValueError(f"{user_location()}: {blueprint!r} cannot be registered inside itself")
+        blueprint._parent = self
+        self._children.append(blueprint)
+        if self.app is not None and self._placed is not None:
+            blueprint._place(self.app, self._placed[0], self._placed[1])
+        return self
+
+    def _ancestors(self) -> list[Blueprint]:
+        found = []
+        parent = self._parent
+        while parent is not None:
+            found.append(parent)
+            parent = parent._parent
+        return found
+
+    def _declare(self, pattern: str, declaration: Declaration) -> None:
+        self._declarations.append((pattern, declaration))
+        if self.app is not None and self._placed is not None:
+            self._run(self.app, pattern, declaration)
+
+    def _run(self, app: Crow, pattern: str, declaration: Declaration) -> None:
+        assert self._placed is not None
+        prefix, chain = self._placed
+        whole = self.prefix + pattern
+        declaration(app, prefix, whole, chain)
+
+    def _place(self, app: Crow, outer: tuple[Segment, ...], outer_chain: tuple[Any, ...]) -> None:
+        """Put every route of this blueprint and its nested ones into ``app``."""
+        self.app = app
+        self._placed = ((*outer, *self._own), (*outer_chain, *self._middlewares))
+        if self._catchall is not None:
+            app._routes.catchalls[_static_part(self._placed[0])] = self._catchall
+        if self.static_dir is not None:
+            app._serve_directory((*self._placed[0], "static"), self.static_dir, self._placed[1])
+        for pattern, declaration in self._declarations:
+            self._run(app, pattern, declaration)
+        for child in self._children:
+            child._place(app, self._placed[0], self._placed[1])
+
+
+def _static_part(segments: tuple[Segment, ...]) -> tuple[str, ...]:
+    return tuple(s for s in segments if isinstance(s, str))
+
+
+def _check_unregistered(blueprint: Blueprint) -> None:
+    if not isinstance(blueprint, Blueprint):
+        raise TypeError(f"{user_location()}: register_blueprint takes a Blueprint, not {type(blueprint).__name__}")
+    if blueprint.app is not None or blueprint._parent is not None:
+        raise ValueError(f"{user_location()}: {blueprint!r} is registered already; a blueprint is registered once")
 
 
 class Crow:
@@ -102,11 +285,17 @@ class Crow:
     ``CROW_ENFORCE_WS_SPEC`` does.
     """
 
-    def __init__(self, enforce_ws_spec: bool | None = None) -> None:
+    def __init__(self, *middlewares: Any, enforce_ws_spec: bool | None = None) -> None:
         if enforce_ws_spec is None:
             enforce_ws_spec = _env_flag("CROWTWIST_ENFORCE_WS_SPEC")
         self._settings = Settings(enforce_ws_spec=bool(enforce_ws_spec))
-        self._root: RouteNode[Endpoint] = RouteNode()
+        self._routes = Routes()
+        self._routes.middlewares.extend(_chain(middlewares, user_location()))
+        self._root: RouteNode[Endpoint] = self._routes.root
+        self._static: tuple[str, str | None] = ("/static/<path>", "static")
+        self._static_served = False
+        self._static_set = False
+        self._compress = True
         self._websockets = RuleRegistry()
         self._port = DEFAULT_PORT
         self._host = DEFAULT_BINDADDR
@@ -126,13 +315,112 @@ class Crow:
         """Crow's ``CROW_ROUTE(app, pattern)``; a malformed pattern raises ``ValueError`` here."""
         return Route(self, pattern)
 
-    def _endpoint(self, segments: tuple[str | ParamType, ...]) -> Endpoint:
+    def _declare(self, pattern: str, declaration: Declaration) -> None:
+        declaration(self, (), pattern, ())
+
+    def _endpoint(self, segments: tuple[Segment, ...]) -> Endpoint:
         node = self._root
         for segment in segments:
             node = node.child(segment, RouteNode)
         if node.endpoint is None:
-            node.endpoint = Endpoint()
+            node.endpoint = Endpoint(self._routes, bool(segments) and segments[-1] == "")
         return node.endpoint
+
+    def register_blueprint(self, blueprint: Blueprint) -> Crow:
+        """Serve ``blueprint``'s routes (and its nested blueprints') under its prefix."""
+        _check_unregistered(blueprint)
+        blueprint._place(self, (), ())
+        return self
+
+    # Middleware, catch-all, exceptions.
+
+    def use(self, *middlewares: Any) -> Crow:
+        """Add app-wide middleware (as ``Crow(mw, ...)`` does): around every request, misses included."""
+        self._routes.middlewares.extend(_chain(middlewares, user_location()))
+        return self
+
+    def get_middleware(self, kind: type[M]) -> M:
+        """The app-wide middleware of class ``kind`` (Crow's ``app.get_middleware<T>()``), to configure it."""
+        for middleware in self._routes.middlewares:
+            if isinstance(middleware, kind):
+                return middleware
+        raise LookupError(f"the app has no {kind.__name__} middleware; pass one to Crow(...) or app.use(...)")
+
+    def get_context(self, kind: type[Any], req: Any) -> Any:
+        """The context middleware ``kind`` has for request ``req`` (Crow's ``app.get_context<T>(req)``)."""
+        contexts = contexts_of(getattr(req, "raw", req))
+        if kind not in contexts:
+            raise LookupError(f"no {kind.__name__} middleware ran on this request")
+        return contexts[kind]
+
+    def catchall_route(self) -> Callable[[F], F]:
+        """Crow's ``CROW_CATCHALL_ROUTE(app)``: a handler for every 404 and 405.
+
+        It takes ``()``, ``(req)`` or ``(req, res)``, where ``res`` holds the
+        status it replaces (404, or 405 with ``Allow``); it returns what a
+        route handler may, or ``None`` to answer with ``res``.
+        """
+        where = user_location()
+
+        def register(func: F) -> F:
+            self._routes.catchalls[()] = CatchAll(func, where)
+            return func
+
+        return register
+
+    def exception_handler(self, func: F) -> F:
+        """Answer exceptions from handlers and middleware: ``func(exc)`` or ``func(exc, req)``.
+
+        It returns what a route handler may (``None``: the default 500).
+        ``HTTPError`` (and ``BadRequest``) never reach it: they are answers.
+        Without one, an exception is logged once and answered 500.
+        """
+        self._routes.exception_handler = Handler(func, "exception handler", 1, 2)
+        return func
+
+    def use_compression(self, enabled: bool) -> Crow:
+        """gzip response bodies for clients that accept it (default on; small and compressed types never)."""
+        self._compress = bool(enabled)
+        return self
+
+    # Static files.
+
+    def static_dir(self, directory: str | os.PathLike[str] | None, url: str = "/static/<path>") -> Crow:
+        """Serve ``directory`` at ``url`` (default ``static`` at ``/static/<path>``, Crow's); ``None``: off."""
+        if self._static_served:
+            raise ValueError(f"{user_location()}: static_dir must be set before the app is served")
+        segments = parse_pattern(url)
+        if not segments or segments[-1] is not PATH or any(isinstance(s, ParamType) for s in segments[:-1]):
+            raise ValueError(f"{user_location()}: the static URL {url!r} must end in <path> and have no other parameter")
+        self._static = (url, None if directory is None else os.fspath(directory))
+        self._static_set = True
+        return self
+
+    def static_file(self, url: str, path: str | os.PathLike[str]) -> Crow:
+        """Serve the file at ``path`` (read when asked, streamed) at ``url``."""
+        filename = os.fspath(path)
+
+        def serve() -> Response:
+            response = Response()
+            response.set_static_file_info(filename)
+            return response
+
+        self.route(url)(serve)
+        return self
+
+    def _serve_directory(self, prefix: tuple[Segment, ...], directory: str, chain: tuple[Any, ...]) -> None:
+        def serve(name: str) -> Response:
+            found = resolve(directory, name)
+            if found is None:
+                return Response(404, "404 Not Found\n")
+            response = Response()
+            response.set_static_file_info(found)
+            return response
+
+        pattern = "/" + "/".join(str(s) for s in prefix) + "/<path>"
+        endpoint = self._endpoint((*prefix, PATH))
+        if "GET" not in endpoint.http:
+            endpoint.http["GET"] = HttpRule(pattern, [PATH], frozenset({"GET"}), serve, chain, user_location())
 
     def _new_websocket_rule(self, pattern: str) -> WebSocketRule:
         return WebSocketRule(pattern, self._settings, self._websockets)
@@ -324,7 +612,16 @@ class Crow:
     def resource(self) -> RouteResource:
         """A twisted.web resource serving every route; a ``Site`` root or mounted with ``putChild``."""
         self._startup_warnings()
-        return RouteResource(self._root)
+        if not self._static_served:
+            self._static_served = True
+            url, directory = self._static
+            # The default "static" only where it exists, so that an app without one
+            # keeps /static/... free for its own resources (putChild).
+            if directory is not None and (self._static_set or os.path.isdir(directory)):
+                self._serve_directory(parse_pattern(url)[:-1], directory, ())
+        self._routes.compressor = compress_body if self._compress else None
+        self._routes.serve_file = serve_file
+        return RouteResource(self._routes)
 
     def _startup_warnings(self) -> None:
         if self._warned:

@@ -9,14 +9,32 @@ the available arguments to pass, so no call pays for introspection.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, TypeVar
 from collections.abc import Awaitable, Callable, Coroutine
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["Handler", "as_deferred", "positional_arity"]
+__all__ = ["Handler", "as_deferred", "positional_arity", "user_location"]
 
 T = TypeVar("T")
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_location() -> str:
+    """``file:line`` of the innermost caller outside crowtwist: where the user declared what is checked."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            filename = os.path.abspath(frame.f_code.co_filename)
+            if not filename.startswith(_PACKAGE):
+                return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            frame = frame.f_back
+        return "<unknown>"
+    finally:
+        del frame  # a frame held in a local keeps every caller's locals alive
 
 
 def positional_arity(func: Callable[..., Any]) -> int | None:

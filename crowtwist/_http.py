@@ -1,134 +1,172 @@
-"""Plain HTTP rules: calling the handler, and turning what it returns into a response."""
+"""Plain HTTP rules: fitting a handler to its pattern, and writing what it returns.
+
+A route's handler takes one of Crow's shapes, told apart by how many
+positional parameters it has beside the pattern's typed segments (``n``):
+``(*params)`` (``n``), ``(req, *params)`` (``n + 1``) or
+``(req, res, *params)`` (``n + 2``, Crow's ``response&`` form: the answer
+goes when the handler calls ``res.end()``, now or later).  Any other count,
+or a parameter annotated with a type its segment cannot give (``int`` for a
+``<string>``), is refused when the route is declared, naming the user's file
+and line.
+"""
 
 from __future__ import annotations
 
+import inspect
+import typing
 from http import HTTPStatus
 from typing import Any
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.internet.defer import CancelledError
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ._handlers import Handler, as_deferred
+from ._handlers import positional_arity, user_location
 from ._response import Response
-from ._routing import ParamValue
+from ._routing import DOUBLE, INT, PATH, STRING, UINT, ParamType, ParamValue
 
-__all__ = ["HttpRule", "Response", "render_http", "write_response"]
-
-log = Logger(namespace="crowtwist")
+__all__ = ["Compressor", "HttpRule", "NotFound", "Response", "as_response", "write_response"]
 
 _KNOWN_CODES = frozenset(status.value for status in HTTPStatus)
 
+_PARAMS, _REQ, _REQ_RES = range(3)
+
+# What a typed segment hands the handler, for checking annotations.
+_GIVES: dict[ParamType, type] = {INT: int, UINT: int, DOUBLE: float, STRING: str, PATH: str}
+
+
 def as_response(result: object) -> Response:
-    """What a handler returned, as a ``Response``."""
+    """What a handler returned, as a ``Response``: ``str``, ``bytes``, JSON data, a status, ``None``."""
     if isinstance(result, Response):
         return result
     if result is None or isinstance(result, (str, bytes, dict, list)):
         return Response(200, result)
+    if isinstance(result, int) and not isinstance(result, bool):
+        if not 100 <= result <= 999:
+            raise ValueError(f"a route handler returned {result}, which is no HTTP status (100 to 999)")
+        return Response(result, b"")
     raise TypeError(
-        f"a route handler must return str, bytes, dict, list, a Response or None, not {type(result).__name__}"
+        "a route handler must return str, bytes, dict, list, an int status, a Response or None,"
+        f" not {type(result).__name__}"
     )
 
 
-def write_response(request: Request, response: Response, finish: bool = False) -> bytes | int:
-    """Put ``response`` on ``request``; return the body for ``render``, or finish it now."""
+Compressor = Callable[[Request, bytes, "str | None"], bytes]
+"""Given the request, the body and its content type: the bytes to send (setting ``Content-Encoding``)."""
+
+
+def write_response(
+    request: Request, response: Response, finish: bool = False, compress: Compressor | None = None
+) -> bytes | int:
+    """Put ``response`` on ``request``; return the body for ``render``, or finish it now.
+
+    ``compress``: called with the body when it has content, to gzip it when
+    the client accepts it and it is worth it (``_compress.compress_body``).
+    """
     body, content_type = response.encoded()
-    phrase = HTTPStatus(response.code).phrase if response.code in _KNOWN_CODES else "Unknown"
-    request.setResponseCode(response.code, phrase.encode("ascii"))
+    code = response.code
+    phrase = HTTPStatus(code).phrase if code in _KNOWN_CODES else "Unknown"
+    request.setResponseCode(code, phrase.encode("ascii"))
     # twisted.web's default Server header names its version.
     request.setHeader(b"server", b"crowtwist")
+    headers = request.responseHeaders
     names = {name.lower() for name in response.headers}
     for name in names:
-        request.responseHeaders.removeHeader(name)
+        headers.removeHeader(name)
     for name, value in response.header_lines():
-        request.responseHeaders.addRawHeader(name, value)
+        headers.addRawHeader(name, value)
     if content_type is not None and "content-type" not in names:
         request.setHeader(b"content-type", content_type)
+    if code in (204, 304) or code < 200:
+        body = b""  # RFC 9110 6.4.1: these have no content
+    elif compress is not None and body:
+        declared = headers.getRawHeaders(b"content-type")
+        body = compress(request, body, declared[0].decode("latin-1") if declared else None)
     if not finish:
         return body
     if request.channel is not None:
-        request.setHeader(b"content-length", str(len(body)))
+        if code not in (204, 304) and code >= 200:
+            request.setHeader(b"content-length", str(len(body)))
         request.write(body)
         request.finish()
     return NOT_DONE_YET
 
 
-_SERVER_ERROR = Response(500, "500 Internal Server Error\n")
+def _annotation_clash(func: Callable[..., Any], types: Sequence[ParamType], takes: int) -> str | None:
+    """A typed parameter annotated with what its segment cannot give, described; else ``None``."""
+    try:
+        hints = typing.get_type_hints(func)
+        parameters = [
+            p for p in inspect.signature(func).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ][takes - len(types):takes]
+    except Exception:  # unresolvable annotations, builtins: nothing to check
+        return None
+    for parameter, kind in zip(parameters, types):
+        wanted = hints.get(parameter.name)
+        given = _GIVES[kind]
+        if wanted not in (int, float, str) or wanted is given or (wanted is float and given is int):
+            continue
+        return f"parameter {parameter.name!r} is annotated {wanted.__name__} but <{kind.name}> gives {given.__name__}"
+    return None
 
 
 class HttpRule:
-    """A plain HTTP route: its handler and the methods it answers.
+    """A plain HTTP route's handler, fitted to its pattern, and the methods it answers."""
 
-    Like Crow's, the handler may take the request or leave it out:
-    ``handler(request, *params)`` or ``handler(*params)``.
-    """
+    __slots__ = ("pattern", "methods", "func", "shape", "middlewares", "where")
 
-    __slots__ = ("pattern", "methods", "handler", "_with_request")
-
-    def __init__(self, pattern: str, param_count: int, methods: frozenset[str], func: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        types: Sequence[ParamType],
+        methods: frozenset[str],
+        func: Callable[..., Any],
+        middlewares: tuple[Any, ...] = (),
+        where: str | None = None,
+    ) -> None:
+        where = where or user_location()
+        if not callable(func):
+            raise TypeError(f"{where}: route {pattern!r}: the handler must be callable, not {type(func).__name__}")
+        n = len(types)
+        arity = positional_arity(func)
+        name = getattr(func, "__qualname__", repr(func))
+        if arity is None:
+            arity = n + 1  # *args: given the request and the parameters
+        if arity not in (n, n + 1, n + 2):
+            segments = " ".join(f"<{t.name}>" for t in types) or "no typed segments"
+            raise TypeError(
+                f"{where}: route {pattern!r} ({segments}): handler {name} takes {arity} positional"
+                f" parameter(s); it must take {n} (the segments), {n + 1} (req, then the segments)"
+                f" or {n + 2} (req, res, then the segments)"
+            )
+        clash = _annotation_clash(func, types, arity)
+        if clash is not None:
+            raise TypeError(f"{where}: route {pattern!r}: handler {name}: {clash}")
         self.pattern = pattern
         self.methods = methods
-        self.handler = Handler(func, "route handler", param_count, param_count + 1)
-        self._with_request = self.handler.takes == param_count + 1
+        self.func = func
+        self.shape = (_PARAMS, _REQ, _REQ_RES)[arity - n]
+        self.middlewares = middlewares
+        """The middleware run around this rule beside the app's: its blueprints', then its own."""
+        self.where = where
 
     def __repr__(self) -> str:
         return f"<HttpRule {self.pattern!r} {sorted(self.methods)}>"
 
-    def call(self, request: Request, params: Sequence[ParamValue]) -> Any:
-        """Call the handler for ``request``."""
-        if self._with_request:
-            return self.handler.func(request, *params)
-        return self.handler.func(*params)
+    @property
+    def takes_response(self) -> bool:
+        """Whether the handler is given the response (Crow's ``(req, res, ...)``) and ends it itself."""
+        return self.shape == _REQ_RES
 
-
-def render_http(rules: Mapping[str, HttpRule], request: Request, params: Sequence[ParamValue]) -> bytes | int:
-    """Answer ``request`` with the rule for its method, or 405 with ``Allow``."""
-    method = request.method.decode("ascii", "replace")
-    rule = rules.get("GET" if method == "HEAD" else method)
-    if rule is None:
-        allow = sorted(set(rules) | ({"HEAD"} if "GET" in rules else set()))
-        return write_response(request, Response(405, "405 Method Not Allowed\n", {"Allow": ", ".join(allow)}))
-    try:
-        result = rule.call(request, params)
-    except Exception:
-        return _failed(Failure(), request, rule, finish=False)
-    pending = as_deferred(result)
-    if pending is None:
-        return _respond(result, request, rule, finish=False)
-    # A client that leaves while the handler is pending (a long poll, say)
-    # cancels it (Deferred.cancel(); a coroutine gets CancelledError), as Klein does.
-    request.notifyFinish().addErrback(lambda _: pending.cancel())
-    pending.addCallbacks(
-        _respond,
-        _failed,
-        callbackArgs=(request, rule),
-        callbackKeywords={"finish": True},
-        errbackArgs=(request, rule),
-        errbackKeywords={"finish": True},
-    )
-    return NOT_DONE_YET
-
-
-def _respond(result: object, request: Request, rule: HttpRule, *, finish: bool) -> bytes | int:
-    if finish and request.channel is None:
-        return NOT_DONE_YET  # the client has gone: nobody to answer
-    try:
-        response = as_response(result)
-    except TypeError:
-        return _failed(Failure(), request, rule, finish=finish)
-    return write_response(request, response, finish=finish)
-
-
-def _failed(failure: Failure, request: Request, rule: HttpRule, *, finish: bool) -> bytes | int:
-    if finish and request.channel is None:
-        if not failure.check(CancelledError):
-            log.failure("handler of route {route} failed after its client left", failure, route=rule.pattern)
-        return NOT_DONE_YET
-    log.failure("handler of route {route} failed", failure, route=rule.pattern)
-    return write_response(request, _SERVER_ERROR, finish=finish)
+    def call(self, req: object, res: Response, params: Sequence[ParamValue]) -> Any:
+        """Call the handler in its shape."""
+        shape = self.shape
+        if shape == _PARAMS:
+            return self.func(*params)
+        if shape == _REQ:
+            return self.func(req, *params)
+        return self.func(req, res, *params)
 
 
 class NotFound(Resource):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Context", "Middleware"]
+__all__ = ["Context", "Middleware", "contexts_of"]
 
 
 class Context:
@@ -38,3 +38,12 @@ class Middleware:
     def after_handle(self, req: Any, res: Any, ctx: Any) -> object:
         """After the handler (or a ``before_handle`` that ended): change ``res`` before it is sent."""
         return None
+
+
+def contexts_of(raw: Any) -> dict[object, Any]:
+    """The contexts of the middleware run on twisted.web request ``raw``, by middleware class and by ``id``."""
+    contexts: dict[object, Any] | None = getattr(raw, "crow_contexts", None)
+    if contexts is None:
+        contexts = {}
+        raw.crow_contexts = contexts
+    return contexts

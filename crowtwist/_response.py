@@ -10,6 +10,7 @@ import json
 import os
 from http import HTTPStatus
 from typing import Any
+from collections.abc import Callable
 
 __all__ = ["BadRequest", "Body", "HTTPError", "Response", "moved", "moved_perm", "redirect", "redirect_perm"]
 
@@ -58,7 +59,7 @@ class Response:
     answers with it at once, and the route's handler is not called.
     """
 
-    __slots__ = ("code", "body", "headers", "extra_headers", "static_file", "_completed")
+    __slots__ = ("code", "body", "headers", "extra_headers", "static_file", "_completed", "_on_end")
 
     def __init__(self, code: int = 200, body: Body = b"", headers: dict[str, str] | None = None) -> None:
         if isinstance(code, bool) or not isinstance(code, int):
@@ -73,6 +74,7 @@ class Response:
         self.static_file: str | None = None
         """A file to answer with instead of ``body`` (``set_static_file_info``)."""
         self._completed = False
+        self._on_end: Callable[[], object] | None = None
 
     def __repr__(self) -> str:
         return f"<Response {self.code} {self.headers!r} {self.body!r:.60}>"
@@ -141,7 +143,15 @@ class Response:
         """Mark the response complete, after appending ``body`` (Crow's ``res.end``)."""
         if body is not None:
             self.write(body)
+        if self._completed:
+            return
         self._completed = True
+        if self._on_end is not None:
+            self._on_end()
+
+    def on_end(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when ``end()`` is first called (how a ``(req, res)`` handler's answer is sent)."""
+        self._on_end = callback
 
     def is_completed(self) -> bool:
         """Whether ``end()`` was called."""

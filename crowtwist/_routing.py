@@ -18,6 +18,11 @@ from collections.abc import Callable, Sequence
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
+    "DOUBLE",
+    "INT",
+    "PATH",
+    "STRING",
+    "UINT",
     "ParamType",
     "ParamValue",
     "PARAM_TYPES",

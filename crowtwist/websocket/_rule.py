@@ -151,6 +151,19 @@ class WebSocketRule:
     def __repr__(self) -> str:
         return f"<WebSocketRule {self.pattern!r}>"
 
+    def adopt(self, pattern: str, settings: Settings, registry: RuleRegistry) -> None:
+        """Join an app: a rule declared in a blueprint before the blueprint was registered.
+
+        It takes the whole pattern (the blueprint's prefix before it), and the
+        app's settings and registry in place of the stand-ins it was made with.
+        """
+        if self._open or self._factory is not None:
+            raise RuntimeError(f"{self!r} has served already; it cannot join another app")
+        self.pattern = pattern
+        self._settings = settings
+        self._registry = registry
+        registry.add(self)
+
     @property
     def settings(self) -> Settings:
         """The app-wide settings this rule's own ones default to."""

@@ -52,10 +52,13 @@ __all__ = [
 
 
 class UpgradeEndpoint(Protocol):
-    """What the fast path needs from a route's endpoint (``_resource.Endpoint`` is one): its WebSocket rule."""
+    """What the fast path needs from a route's endpoint (``_resource.Endpoint`` is one).
+
+    ``fast_websocket``: its WebSocket rule, unless something (middleware) must
+    see the request as twisted.web's first."""
 
     @property
-    def websocket(self) -> WebSocketRule | None: ...
+    def fast_websocket(self) -> WebSocketRule | None: ...
 
 
 EndpointT = TypeVar("EndpointT", bound=UpgradeEndpoint)
@@ -284,7 +287,7 @@ def _route(root: RouteNode[EndpointT], path: bytes) -> tuple[WebSocketRule, list
         return None
     node, params = found
     endpoint = node.endpoint
-    rule = endpoint.websocket if endpoint is not None else None
+    rule = endpoint.fast_websocket if endpoint is not None else None
     return None if rule is None else (rule, params)
 
 
