@@ -16,9 +16,12 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, ContentDecoderAgent, GzipDecoder, ResponseDone
+from twisted.web.client import URI, Agent, ContentDecoderAgent, GzipDecoder, ResponseDone
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -384,6 +387,15 @@ def handler_port() -> Iterator[int]:
     pytest_twisted.blockon(port.stopListening())
 
 
+@implementer(IAgentEndpointFactory)
+class Loopback:
+    """Endpoints straight to 127.0.0.1: no name resolution (the GAIResolver's first lookup of 127.0.0.1 came back
+    empty here under pytest-cov, for tests/test_route_agreement.py too)."""
+
+    def endpointForURI(self, uri: URI) -> TCP4ClientEndpoint:
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", uri.port, timeout=10)
+
+
 class Body(Protocol):
     """A response body, as it comes (readBody wants a transport the gzip decoder does not give)."""
 
@@ -416,7 +428,7 @@ def fetch(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[i
 def test_handler_body_over_http(handler_port: int, logs: LogCapture) -> Iterator[Deferred[Any]]:
     """Twisted's gzip-decoding Agent reads the body; http.client sees gzip bytes, its length, Vary; HEAD agrees."""
     url = f"http://127.0.0.1:{handler_port}/?size=20000".encode()
-    agent = ContentDecoderAgent(Agent(reactor), [(b"gzip", GzipDecoder)])
+    agent = ContentDecoderAgent(Agent.usingEndpointFactory(reactor, Loopback()), [(b"gzip", GzipDecoder)])
     response = yield agent.request(b"GET", url).addTimeout(10, reactor)
     received = Body()
     response.deliverBody(received)
