@@ -104,8 +104,8 @@ def serve_file(request: Request, path: str | os.PathLike[str], *, compress: bool
 
     With ``compress``, a ``compressible`` file of at least ``MIN_SIZE``
     bytes goes out gzip-compressed to a client that accepts gzip and asked
-    for no range: chunked, without ``Content-Length``.  Its responses (200,
-    206, 304) carry ``Vary: Accept-Encoding``.  A client that goes away
+    for no range: chunked, without ``Content-Length``.  Every response for
+    such a file (200 either way, 206, 304) carries ``Vary: Accept-Encoding``.  A client that goes away
     midway stops the reading; the file is closed.
 
     Where a condition does not apply (a ``Range`` on a POST, say), its
@@ -127,7 +127,8 @@ def serve_file(request: Request, path: str | os.PathLike[str], *, compress: bool
     kind = content_type(name)
     request.setHeader(b"server", b"crowtwist")
     _only_for_get(request)
-    gzip = compress and compressible(kind)
+    # A file too small to compress is the same for every client: no Vary, as compress_body does for bodies.
+    gzip = compress and compressible(kind) and info.st_size >= MIN_SIZE
     if gzip:
         add_vary(request.responseHeaders)
     if request.setLastModified(info.st_mtime) is CACHED:
@@ -138,7 +139,6 @@ def serve_file(request: Request, path: str | os.PathLike[str], *, compress: bool
     _drop_unsupported_range(request, info.st_mtime)
     if (
         gzip
-        and info.st_size >= MIN_SIZE
         and not request.requestHeaders.hasHeader(b"range")
         and accepts_gzip(b",".join(request.requestHeaders.getRawHeaders(b"accept-encoding", [])))
     ):
