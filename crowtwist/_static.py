@@ -35,7 +35,7 @@ with warnings.catch_warnings():
 
 from ._compress import MIN_SIZE, GzipStream, accepts_gzip, add_vary, compressible
 
-__all__ = ["CHUNK", "DEFAULT_TYPE", "resolve", "serve_file"]
+__all__ = ["CHUNK", "DEFAULT_TYPE", "content_type", "resolve", "serve_file"]
 
 CHUNK = 65536
 """Bytes read from a file at a time: twisted.web's own (the transport's buffer size)."""
