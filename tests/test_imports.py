@@ -36,11 +36,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("app", ("crowtwist._app",)),
     ("resource", ("crowtwist._resource",)),
     ("websocket", ("crowtwist.websocket", "crowtwist.websocket.*")),
-    ("http", ("crowtwist._http", "crowtwist._site", "crowtwist._middleware", "crowtwist._cors", "crowtwist._cookies",
-              "crowtwist._static")),
+    ("http", ("crowtwist._http", "crowtwist._site", "crowtwist._middleware", "crowtwist._cors", "crowtwist._cookies")),
     ("helpers", ("crowtwist._routing", "crowtwist._handlers", "crowtwist._headers", "crowtwist._twisted", "crowtwist._peer",
                  "crowtwist._broker", "crowtwist._workers", "crowtwist._response", "crowtwist._request",
-                 "crowtwist._compress",
+                 "crowtwist._compress", "crowtwist._static",
                  "crowtwist._speedups")),
     ("settings", ("crowtwist._settings", "crowtwist._version")),
 ]
