@@ -10,21 +10,36 @@
 """
 
 from ._version import __version__
-from ._app import Crow, Route
-from ._http import Response
+from ._app import Blueprint, Crow, Route
+from ._cookies import CookieParser
+from ._cors import CORSHandler
+from ._middleware import Middleware
+from ._request import Request
+from ._response import BadRequest, HTTPError, Response, moved, moved_perm, redirect, redirect_perm
 from ._settings import Settings
 from .websocket import CloseCode, CloseStatusCode, Connection, ConnectionsView, WebSocketRule, accelerated
 
 __all__ = [
+    "BadRequest",
+    "Blueprint",
+    "CORSHandler",
     "CloseCode",
     "CloseStatusCode",
     "Connection",
     "ConnectionsView",
+    "CookieParser",
     "Crow",
+    "HTTPError",
+    "Middleware",
+    "Request",
     "Response",
     "Route",
     "Settings",
     "WebSocketRule",
     "__version__",
     "accelerated",
+    "moved",
+    "moved_perm",
+    "redirect",
+    "redirect_perm",
 ]

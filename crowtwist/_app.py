@@ -620,7 +620,8 @@ class Crow:
             if directory is not None and (self._static_set or os.path.isdir(directory)):
                 self._serve_directory(parse_pattern(url)[:-1], directory, ())
         self._routes.compressor = compress_body if self._compress else None
-        self._routes.serve_file = serve_file
+        compress = self._compress
+        self._routes.serve_file = lambda request, path: serve_file(request, path, compress=compress)
         return RouteResource(self._routes)
 
     def _startup_warnings(self) -> None:

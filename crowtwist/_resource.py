@@ -447,6 +447,11 @@ class Exchange:
         """The target's answer: make it a Response, unwind the middleware that ran, write it."""
         if self.response is not None:
             return  # answered already (a (req, res) handler that ended, then raised)
+        if isinstance(result, int) and not isinstance(result, bool) and result == NOT_DONE_YET:
+            # The Twisted way: the handler writes to the request and finishes it
+            # itself, so there is no response for after_handle to change.
+            self.response = self.res
+            return
         if result is _UPGRADING:
             response = self.res
             response.code = 101
@@ -514,6 +519,9 @@ class Exchange:
                 raw.finish()
             return
         if response.static_file is not None and self.routes.serve_file is not None:
+            # What middleware and the handler set goes out with the file (CORS, cookies).
+            for name, value in response.header_lines():
+                raw.responseHeaders.addRawHeader(name, value)
             body = self.routes.serve_file(raw, response.static_file)
             if isinstance(body, bytes):
                 raw.write(body)
