@@ -213,7 +213,9 @@ def test_tree_fast_path_and_match_agree(data: st.DataObject, patterns: list[str]
             by_tree = body.decode("utf-8").removeprefix("ws ") if status == 403 else None
         else:
             by_tree = body.decode("utf-8") if status == 200 else None
-        assert status in (200, 403, 404), (text, status, body)
+        # 301: no route takes the path, but one declared with a trailing slash takes it with one.
+        slashed = segments is not None and segments[-1] != "" and oracle(patterns, [*segments, ""]) is not None
+        assert status in ((200, 403, 404) if by_oracle is not None or not slashed else (301,)), (text, status, body)
         assert by_tree == by_match == by_fast_path == by_oracle, (text, upgrade)
 
 
