@@ -24,6 +24,7 @@ from .._handlers import as_deferred
 from .._headers import wants_upgrade
 from .._http import Response, write_response
 from .._peer import peer_host
+from .._request import Request as CrowRequest
 from .._site import DeadlineChannel
 from ._upgrade import OVER_CAPACITY, SHUTTING_DOWN, UpgradeHead, refusal, take_over
 
@@ -105,7 +106,8 @@ class WebSocketLeaf(WebSocketResource):
             self._take_over(request)
             return NOT_DONE_YET
         try:
-            result = handler(request)
+            # The request HTTP handlers get (Crow's names; twisted.web's still work through it).
+            result = handler(CrowRequest.of(request))
         except Exception:
             return self._accept_failed(Failure(), request, None)
         waiting = as_deferred(result)
