@@ -393,9 +393,22 @@ class Exchange:
         label = f"before_handle of {type(middleware).__name__}"
         try:
             result = before(self.req, self.res, ctx)
+        except HTTPError:
+            self.ran = index + 1  # an answer, as res.end() is: this middleware unwinds too
+            self._failed(Failure(), label)
+            return
         except Exception:
             self._failed(Failure(), label)
             return
+        pending = as_deferred(result)
+        if pending is not None:
+
+            def answered(failure: Failure) -> Failure:
+                if failure.check(HTTPError):
+                    self.ran = index + 1
+                return failure
+
+            result = pending.addErrback(answered)
 
         def next_step(_: object) -> None:
             self.ran = index + 1
@@ -509,7 +522,7 @@ class Exchange:
             return  # the client has gone: nobody to answer
         if upgrading:
             assert isinstance(self.target, _Upgrade)
-            # The upgrade's own answers (refusals, or the 101) carry what middleware set.
+            # The upgrade's refusals carry what middleware set (the 101 is the protocol's own).
             for name, value in response.header_lines():
                 raw.responseHeaders.addRawHeader(name, value)
             body = self.target.endpoint.ws_leaf().render(raw)
