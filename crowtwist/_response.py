@@ -203,29 +203,27 @@ def _check_header(name: str, value: str) -> None:
         raise ValueError(f"invalid header {name!r}: {value!r}")
 
 
-def redirect(location: str) -> Response:
-    """A 307 to ``location``."""
-    response = Response(307)
-    response.redirect(location)
+def _redirecting(code: int, location: str) -> Response:
+    response = Response(code)
+    response._redirect(code, location)
     return response
+
+
+def redirect(location: str) -> Response:
+    """A 307 to ``location`` (Crow's ``res.redirect``)."""
+    return _redirecting(307, location)
 
 
 def redirect_perm(location: str) -> Response:
-    """A 308 to ``location``."""
-    response = Response(308)
-    response.redirect_perm(location)
-    return response
+    """A 308 to ``location`` (Crow's ``res.redirect_perm``)."""
+    return _redirecting(308, location)
 
 
 def moved(location: str) -> Response:
-    """A 302 to ``location``."""
-    response = Response(302)
-    response.moved(location)
-    return response
+    """A 302 to ``location`` (Crow's ``res.moved``)."""
+    return _redirecting(302, location)
 
 
 def moved_perm(location: str) -> Response:
-    """A 301 to ``location``."""
-    response = Response(301)
-    response.moved_perm(location)
-    return response
+    """A 301 to ``location`` (Crow's ``res.moved_perm``)."""
+    return _redirecting(301, location)
