@@ -51,9 +51,22 @@ class CrowRequest(Request):
     (what a client talking to a proxy sends) and use the target's authority
     instead of ``Host``.  twisted.web would take the whole URI for the path.
     A request with several ``Host`` headers keeps them, for the 400 it gets.
+
+    A ``multipart/*`` body is not parsed into ``request.args``: twisted.web
+    would read it whole into memory (``http._getMultiPartArgs`` runs
+    ``email.message_from_bytes`` on all of it, several copies deep) before
+    any handler runs, which turns a large upload into that much memory.
+    ``Request.multipart()`` (``_request.py``) parses it instead, streaming
+    from twisted.web's spool.  A form (``x-www-form-urlencoded``) body still
+    fills ``request.args``.
     """
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        content_type = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
+        if content_type.lstrip().lower().startswith(b"multipart/"):
+            # Twisted's own switch (Site(parsePOSTFormSubmission=...), since 24.7), set per request here
+            # so that forms keep theirs; on a Twisted without it, this does nothing and the parse happens.
+            self._parsePOSTFormSubmission = False
         found = _ABSOLUTE_FORM.match(path)
         if found is not None:
             authority, rest = found.groups()
