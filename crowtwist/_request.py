@@ -364,15 +364,14 @@ class Part:
         """The whole content: for a part on disk, read from the file at each use."""
         if self._body is not None:
             return self._body
-        assert self._path is not None
-        with open(self._path, "rb") as stream:
+        with open(self._where(), "rb") as stream:
             return stream.read()
 
     @property
     def file(self) -> IO[bytes]:
         """A binary file object over the content, at its start when first opened."""
         if self._file is None:
-            self._file = io.BytesIO(self._body) if self._body is not None else open(self._path or "", "rb")
+            self._file = io.BytesIO(self._body) if self._body is not None else open(self._where(), "rb")
         return self._file
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -382,15 +381,23 @@ class Part:
             with open(target, "wb") as stream:
                 stream.write(self._body)
             return
-        assert self._path is not None
+        where = self._where()
         if self._temp:
             if self._file is not None:
                 self._file.close()  # Windows cannot move an open file; reopened on the next use
                 self._file = None
-            shutil.move(self._path, target)
+            shutil.move(where, target)
             self._path, self._temp = target, False
         else:
-            shutil.copyfile(self._path, target)
+            shutil.copyfile(where, target)
+
+    def _where(self) -> str:
+        if self._path is None:
+            raise ValueError(
+                f"part {self.name!r}'s content is gone: its temporary file was removed when the message was closed"
+                " (a request's, when the request finished); save() it before"
+            )
+        return self._path
 
     def close(self) -> None:
         """Close ``file`` and remove the temporary file, if any (not one ``save`` moved away)."""
@@ -399,7 +406,7 @@ class Part:
             self._file = None
         if self._temp and self._path is not None:
             _remove(self._path)
-            self._temp = False
+            self._path, self._temp = None, False
 
     def __repr__(self) -> str:
         where = f"on disk at {self._path}" if self._path is not None else "in memory"
@@ -552,7 +559,8 @@ class MultipartParser:
             if self._seen == 0:
                 raise BadRequest("multipart body is empty")
             if self._state == _PREAMBLE:
-                raise BadRequest("multipart body has no boundary line (--boundary)")
+                boundary = self._delimiter[4:].decode("ascii")
+                raise BadRequest(f"multipart body has no boundary line: --{boundary} and a CRLF line end")
             raise BadRequest("multipart body ends before its closing boundary (--boundary--): truncated?")
         return self._parts
 
@@ -701,7 +709,7 @@ def _parse_part_head(head: bytes, number: int) -> tuple[str, str | None, Headers
     if len(dispositions) > 1:
         raise BadRequest(f"{what} has {len(dispositions)} Content-Disposition headers")
     _, params = parse_header_params(dispositions[0], f"{what}'s Content-Disposition")
-    field = params.get("name")
+    field = params.get("name*", params.get("name"))  # name* (RFC 2231) as Python's email package writes it
     if field is None:
         raise BadRequest(f"{what}'s Content-Disposition has no name")
     filename = params.get("filename*", params.get("filename"))
@@ -826,8 +834,7 @@ class Request:
             while chunk := content.read(READ_SIZE):
                 yield chunk
         finally:
-            if not content.closed:
-                content.seek(0)  # where twisted.web leaves it for the next reader
+            content.seek(0)  # where twisted.web leaves it for the next reader
 
     @property
     def body(self) -> bytes:
