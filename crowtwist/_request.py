@@ -207,7 +207,8 @@ class QueryString:
     __slots__ = ("_pairs",)
 
     def __init__(self, text: str | bytes = "", *, max_params: int = MAX_PARAMS, what: str = "query string") -> None:
-        data = text.encode("latin-1") if isinstance(text, str) else bytes(text)
+        """Parse ``text``: bytes as sent, or a ``str`` (taken as its UTF-8)."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         pieces = [piece for piece in data.split(b"&") if piece]
         if len(pieces) > max_params:
             raise BadRequest(f"{what} has {len(pieces)} parameters; at most {max_params} are taken")
@@ -792,7 +793,7 @@ class Request:
     def url_params(self) -> QueryString:
         """The query's pairs (Crow's ``req.url_params``), parsed at the first use; a ``#`` ends the query, as in Crow."""
         if self._url_params is None:
-            query = self.raw_url.partition("?")[2].partition("#")[0]
+            query = bytes(self.raw.uri).partition(b"?")[2].partition(b"#")[0]
             object.__setattr__(self, "_url_params", QueryString(query, max_params=self.max_params))
         assert self._url_params is not None
         return self._url_params

@@ -64,7 +64,7 @@ class CrowRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         content_type = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
         if content_type.lstrip().lower().startswith(b"multipart/"):
-            # Twisted's own switch (Site(parsePOSTFormSubmission=...), since 24.7), set per request here
+            # Twisted's own switch (Site(parsePOSTFormSubmission=...)), set per request here
             # so that forms keep theirs; on a Twisted without it, this does nothing and the parse happens.
             self._parsePOSTFormSubmission = False
         found = _ABSOLUTE_FORM.match(path)

@@ -122,6 +122,7 @@ def test_query_string_decoding_edges() -> None:
     qs = QueryString("n=%E2%82%AC&p=a+b%2Bc&bad=%zz%4&&=v&%3D=eq&k=x=y")
     assert qs.items() == [("n", "€"), ("p", "a b+c"), ("bad", "%zz%4"), ("", "v"), ("=", "eq"), ("k", "x=y")]
     assert QueryString(b"raw=\xc3\xa9").get("raw") == "é"  # raw UTF-8 bytes in a body
+    assert QueryString("euro=€&e=%E2%82%AC").items() == [("euro", "€"), ("e", "€")]  # a str is taken as UTF-8
 
 
 def test_query_string_rejects_bad_utf8() -> None:
@@ -151,9 +152,9 @@ def test_query_string_agrees_with_urllib(text: str) -> None:
         expected = parse_qsl(text, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         with pytest.raises(BadRequest):
-            QueryString(text.encode("utf-8"))
+            QueryString(text)
         return
-    assert QueryString(text.encode("utf-8")).items() == expected
+    assert QueryString(text).items() == expected
 
 
 @settings(max_examples=300, deadline=None)
