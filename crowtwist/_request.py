@@ -32,12 +32,15 @@ from ._peer import peer_host
 from ._response import BadRequest
 
 __all__ = [
+    "MAX_PARAMS",
     "Headers",
     "MultipartLimits",
     "MultipartMessage",
+    "MultipartParser",
     "Part",
     "QueryString",
     "Request",
+    "multipart_boundary",
     "parse_header_params",
 ]
 
