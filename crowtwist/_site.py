@@ -282,6 +282,11 @@ class CrowSite(Site):
     displayTracebacks = False
 
     def __init__(self, resource: IResource, handshake_timeout: float | None = 10.0, **kwargs: Any) -> None:
+        # twisted.web would parse a POST body into request.args before any handler runs,
+        # a multipart one whole in memory (email.message_from_bytes on all of it, several
+        # copies deep): an upload would cost its size in memory.  crowtwist's Request
+        # parses bodies when asked (get_body_params, multipart streamed from the spool).
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         Site.__init__(self, resource, **kwargs)
         self.handshake_timeout = handshake_timeout
 
