@@ -14,6 +14,7 @@ import http.client
 import importlib
 import json
 import pkgutil
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -634,3 +635,59 @@ def test_examples_under_twistd(tmp_path: Path) -> None:
     for name, server in servers.items():
         assert server.process.returncode == 0, f"{name}:\n{outputs[name]}"
         assert "Traceback" not in outputs[name], f"{name}:\n{outputs[name]}"
+
+
+# docs/crow.md
+
+
+def documented_names() -> list[tuple[str, str]]:
+    """``(object, attribute)`` for each ``obj.attr`` in backticks in the crowtwist column of docs/crow.md's tables."""
+    found = []
+    for line in (Path(__file__).resolve().parent.parent / "docs" / "crow.md").read_text().splitlines():
+        cells = line.split(" | ")
+        if not line.startswith("| ") or len(cells) < 2 or set(cells[1]) <= set("-|"):
+            continue
+        for code in re.findall(r"`([^`]+)`", cells[1]):
+            found.extend(re.findall(r"(?<![\w./=])([A-Za-z_]\w*)\.([A-Za-z_]\w*)", code))
+    return found
+
+
+def test_docs_name_only_what_exists() -> None:
+    """Every ``app.x``, ``rule.x``, ``conn.x``, ``req.x``, ``res.x`` (...) the docs' crowtwist column names exists."""
+    import crowtwist
+    from crowtwist._cookies import CookieContext
+    from twisted.web.server import Request as TwistedRequest
+    from twisted.web.test.requesthelper import DummyChannel
+
+    app = Crow()
+    objects: dict[str, Any] = {
+        "app": app,
+        "rule": app.route("/ws").websocket(),
+        "bp": crowtwist.Blueprint("bp"),
+        "res": crowtwist.Response(),
+        "conn": crowtwist.Connection,
+        "cors": crowtwist.CORSHandler(),
+        "ctx": CookieContext(),
+        "http": importlib.import_module("http"),
+        "crowtwist": crowtwist,
+    }
+    if hasattr(Request, "url_params"):
+        from crowtwist._request import MultipartMessage, Part
+
+        objects.update(req=Request(TwistedRequest(DummyChannel())), msg=MultipartMessage("b", []), part=Part())
+    objects.update({name: getattr(crowtwist, name) for name in crowtwist.__all__})
+    names = documented_names()
+    assert len(names) > 80
+    checked = [(obj, attr) for obj, attr in names if obj in objects]
+
+    def has(obj: Any, attr: str) -> bool:
+        # The class first: reading a property (req.body) would run it.
+        return hasattr(type(obj), attr) or hasattr(obj, attr)
+
+    # onaccept's req.userdata: put on twisted.web's request by crowtwist before onaccept runs.
+    missing = [f"{obj}.{attr}" for obj, attr in checked if not has(objects[obj], attr)
+               and (obj, attr) != ("req", "userdata")]
+    assert missing == []
+    unknown = sorted({obj for obj, _ in names} - set(objects) - {"twisted", "req", "msg", "part", "service",
+                                                                  "reactor", "json", "x", "string"})
+    assert unknown == []
