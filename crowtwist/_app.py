@@ -153,6 +153,13 @@ Declaration = Callable[["Crow", tuple[Segment, ...], str, tuple[Any, ...]], None
 """Puts one route into an app: given it, the route's prefix segments, its whole pattern, the outer middleware."""
 
 
+class Prefix(str):
+    """A blueprint's prefix: a ``str`` that may also be called, as Crow's ``bp.prefix()`` is."""
+
+    def __call__(self) -> str:
+        return str(self)
+
+
 class Blueprint:
     """Crow's ``crow::Blueprint``: routes under a prefix, registered on an app (or another blueprint) at once.
 
@@ -194,10 +201,12 @@ class Blueprint:
         return f"<Blueprint {self.prefix!r}>"
 
     @property
-    def prefix(self) -> str:
-        """The URL prefix its routes are served under (its parents' included, once registered)."""
+    def prefix(self) -> Prefix:
+        """The URL prefix its routes are served under (its parents' included, once registered).
+
+        A ``str``; calling it (Crow's ``bp.prefix()``) gives the same string."""
         segments = self._placed[0] if self._placed is not None else self._own
-        return "/" + "/".join(str(s) for s in segments)
+        return Prefix("/" + "/".join(str(s) for s in segments))
 
     def route(self, pattern: str) -> Route:
         """Crow's ``CROW_BP_ROUTE(bp, pattern)``: a route under this blueprint's prefix."""
@@ -590,13 +599,27 @@ class Crow:
         """A twisted.web ``Site`` serving ``resource()``, with the handshake deadline."""
         return CrowSite(self.resource(), handshake_timeout=self._settings.handshake_timeout)
 
-    def port(self, port: int) -> Crow:
-        """The port ``run`` listens on (Crow's ``app.port(18080)``)."""
+    @overload
+    def port(self) -> int: ...
+    @overload
+    def port(self, port: int) -> Crow: ...
+
+    def port(self, port: Any = _KEEP) -> Crow | int:
+        """The port ``run`` listens on (Crow's ``app.port(18080)``); with no argument, the port."""
+        if port is _KEEP:
+            return self._port
         self._port = int(port)
         return self
 
-    def bindaddr(self, host: str) -> Crow:
-        """The address ``run`` listens on (Crow's ``app.bindaddr``)."""
+    @overload
+    def bindaddr(self) -> str: ...
+    @overload
+    def bindaddr(self, host: str) -> Crow: ...
+
+    def bindaddr(self, host: Any = _KEEP) -> Crow | str:
+        """The address ``run`` listens on (Crow's ``app.bindaddr``); with no argument, the address."""
+        if host is _KEEP:
+            return self._host
         self._host = host
         return self
 

@@ -25,11 +25,29 @@ from ._handlers import positional_arity, user_location
 from ._response import Response
 from ._routing import DOUBLE, INT, PATH, STRING, UINT, ParamType, ParamValue
 
-__all__ = ["Compressor", "HttpRule", "NotFound", "Response", "as_response", "write_response"]
+__all__ = ["Compressor", "HttpRule", "NotFound", "Response", "as_response", "first_takes_response", "write_response"]
 
 _KNOWN_CODES = frozenset(status.value for status in HTTPStatus)
 
-_PARAMS, _REQ, _REQ_RES = range(3)
+_PARAMS, _REQ, _REQ_RES, _RES = range(4)
+
+_RESPONSE_NAMES = frozenset({"res", "resp", "response"})
+
+
+def first_takes_response(func: Callable[..., Any]) -> bool:
+    """Whether ``func``'s first parameter is the response (Crow's ``(response&, ...)``): so named, or so annotated."""
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if not parameters or parameters[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return False
+    first = parameters[0]
+    annotation = first.annotation
+    if isinstance(annotation, str):
+        return annotation.rpartition(".")[2] == "Response"
+    return first.name in _RESPONSE_NAMES or annotation is Response
 
 # What a typed segment hands the handler, for checking annotations.
 _GIVES: dict[ParamType, type] = {INT: int, UINT: int, DOUBLE: float, STRING: str, PATH: str}
@@ -79,7 +97,7 @@ def write_response(
         request.setHeader(b"content-type", content_type)
     if code in (204, 304) or code < 200:
         body = b""  # RFC 9110 6.4.1: these have no content
-    elif compress is not None and body:
+    elif compress is not None and body and response.compressed:
         declared = headers.getRawHeaders(b"content-type")
         body = compress(request, body, declared[0].decode("latin-1") if declared else None)
     if not finish:
@@ -93,15 +111,30 @@ def write_response(
 
 
 def _annotation_clash(func: Callable[..., Any], types: Sequence[ParamType], takes: int) -> str | None:
-    """A typed parameter annotated with what its segment cannot give, described; else ``None``."""
+    """A parameter annotated with what it cannot be given, described; else ``None``.
+
+    A typed segment's parameter must not be annotated with another type than
+    the segment gives; the request's or response's (the ones before them)
+    not with ``int``, ``float`` or ``str``, which would mean the handler
+    counts the segments differently than the pattern does.
+    """
     try:
         hints = typing.get_type_hints(func)
-        parameters = [
+        positional = [
             p for p in inspect.signature(func).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ][takes - len(types):takes]
+        ]
     except Exception:  # unresolvable annotations, builtins: nothing to check
         return None
+    parameters = positional[takes - len(types):takes]
+    for parameter in positional[:takes - len(types)]:
+        wanted = hints.get(parameter.name)
+        if wanted in (int, float, str):
+            return (
+                f"parameter {parameter.name!r} is annotated {wanted.__name__}, but it is given the"
+                f" {'response' if parameter.name in _RESPONSE_NAMES else 'request'}: the pattern has"
+                f" {len(types)} typed segment(s)"
+            )
     for parameter, kind in zip(parameters, types):
         wanted = hints.get(parameter.name)
         given = _GIVES[kind]
@@ -137,7 +170,7 @@ class HttpRule:
             segments = " ".join(f"<{t.name}>" for t in types) or "no typed segments"
             raise TypeError(
                 f"{where}: route {pattern!r} ({segments}): handler {name} takes {arity} positional"
-                f" parameter(s); it must take {n} (the segments), {n + 1} (req, then the segments)"
+                f" parameter(s); it must take {n} (the segments), {n + 1} (req or res, then the segments)"
                 f" or {n + 2} (req, res, then the segments)"
             )
         clash = _annotation_clash(func, types, arity)
@@ -147,6 +180,8 @@ class HttpRule:
         self.methods = methods
         self.func = func
         self.shape = (_PARAMS, _REQ, _REQ_RES)[arity - n]
+        if self.shape == _REQ and first_takes_response(func):
+            self.shape = _RES  # Crow's (response&, params...)
         self.middlewares = middlewares
         """The middleware run around this rule beside the app's: its blueprints', then its own."""
         self.where = where
@@ -156,8 +191,8 @@ class HttpRule:
 
     @property
     def takes_response(self) -> bool:
-        """Whether the handler is given the response (Crow's ``(req, res, ...)``) and ends it itself."""
-        return self.shape == _REQ_RES
+        """Whether the handler is given the response (Crow's ``(req, res, ...)`` or ``(res, ...)``) and ends it."""
+        return self.shape in (_REQ_RES, _RES)
 
     def call(self, req: object, res: Response, params: Sequence[ParamValue]) -> Any:
         """Call the handler in its shape."""
@@ -166,6 +201,8 @@ class HttpRule:
             return self.func(*params)
         if shape == _REQ:
             return self.func(req, *params)
+        if shape == _RES:
+            return self.func(res, *params)
         return self.func(req, res, *params)
 
 

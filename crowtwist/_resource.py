@@ -31,7 +31,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._handlers import Handler, as_deferred
-from ._http import Compressor, HttpRule, NotFound, as_response, write_response
+from ._http import Compressor, HttpRule, NotFound, as_response, first_takes_response, write_response
 from ._middleware import contexts_of
 from ._request import Request as CrowRequest
 from ._response import HTTPError, Response
@@ -51,16 +51,27 @@ _SERVER_ERROR = "500 Internal Server Error\n"
 
 
 class CatchAll:
-    """A catch-all handler (Crow's ``CROW_CATCHALL_ROUTE``): ``()``, ``(req)`` or ``(req, res)``.
+    """A catch-all handler (Crow's ``CROW_CATCHALL_ROUTE``): ``()``, ``(req)``, ``(res)`` or ``(req, res)``.
 
     ``res`` comes with the status it replaces: 404, or 405 with ``Allow``.
+    A lone parameter named ``res`` (or annotated ``Response``) is given the response.
     """
 
-    __slots__ = ("handler", "where")
+    __slots__ = ("handler", "where", "_res_only")
 
     def __init__(self, func: Callable[..., Any], where: str) -> None:
-        self.handler = Handler(func, "catch-all", 0, 2)
+        try:
+            self.handler = Handler(func, "catch-all", 0, 2)
+        except TypeError as error:
+            raise TypeError(f"{where}: {error}") from None
         self.where = where
+        self._res_only = self.handler.takes == 1 and first_takes_response(func)
+
+    def __call__(self, req: Any, res: Response) -> Any:
+        """Call the handler with what it takes."""
+        if self._res_only:
+            return self.handler.func(res)
+        return self.handler(req, res)
 
 
 class Routes:
@@ -297,7 +308,7 @@ class _Missed(_Target):
         res.code = self.response.code
         for name, value in self.response.header_lines():
             res.set_header(name, value)
-        result = catchall.handler(exchange.req, res)
+        result = catchall(exchange.req, res)
         pending = as_deferred(result)
         if pending is None:
             return res if result is None else result
@@ -520,6 +531,12 @@ class Exchange:
         assert response is not None
         if raw.channel is None or self.gone:
             return  # the client has gone: nobody to answer
+        if raw.startedWriting:
+            # The handler wrote part of its own answer (the Twisted way) and then failed, or
+            # answered twice: what went out cannot be taken back, and must not look whole.
+            if not raw.finished:
+                raw.loseConnection()
+            return
         if upgrading:
             assert isinstance(self.target, _Upgrade)
             # The upgrade's refusals carry what middleware set (the 101 is the protocol's own).

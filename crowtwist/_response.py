@@ -59,9 +59,12 @@ class Response:
     answers with it at once, and the route's handler is not called.
     """
 
-    __slots__ = ("code", "body", "headers", "extra_headers", "static_file", "_completed", "_on_end")
+    __slots__ = ("code", "body", "headers", "extra_headers", "static_file", "compressed", "_completed", "_on_end")
 
-    def __init__(self, code: int = 200, body: Body = b"", headers: dict[str, str] | None = None) -> None:
+    def __init__(self, code: int | Body = 200, body: Body = b"", headers: dict[str, str] | None = None) -> None:
+        if isinstance(code, (str, bytes, dict, list)) and body == b"":
+            body = code  # Crow's response(body)
+            code = 200
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError(f"a response code must be an int, not {type(code).__name__}")
         if not 100 <= code <= 999:
@@ -73,6 +76,9 @@ class Response:
         """Further lines of a header already in ``headers`` (``add_header``), in order."""
         self.static_file: str | None = None
         """A file to answer with instead of ``body`` (``set_static_file_info``)."""
+        self.compressed = True
+        """Whether the body may be gzipped (Crow's ``res.compressed``); ``False`` for pages
+        mixing secrets with text an attacker controls (BREACH)."""
         self._completed = False
         self._on_end: Callable[[], object] | None = None
 
@@ -152,6 +158,15 @@ class Response:
     def on_end(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when ``end()`` is first called (how a ``(req, res)`` handler's answer is sent)."""
         self._on_end = callback
+
+    def clear(self) -> None:
+        """Back to an empty 200 (Crow's ``res.clear``)."""
+        self.code = 200
+        self.body = b""
+        self.headers = {}
+        self.extra_headers = []
+        self.static_file = None
+        self._completed = False
 
     def is_completed(self) -> bool:
         """Whether ``end()`` was called."""

@@ -58,7 +58,7 @@ def test_response_body_write_end_and_equality() -> None:
     assert Response(200, "a") == Response(200, "a") and Response(200, "a") != Response(201, "a")
     assert Response().__eq__(object()) is NotImplemented
     assert "Response 200" in repr(Response())
-    for bad in (True, "200", 99, 1000):
+    for bad in (True, 99, 1000, 2.5):
         with pytest.raises((TypeError, ValueError)):
             Response(bad)  # type: ignore[arg-type]
 
@@ -158,3 +158,84 @@ def test_middleware_headers_reach_an_upgrade_refusal() -> None:
                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
     reply = get(app, "/ws", headers=upgrade)
     assert (reply.status, reply.body, reply.headers["x-stamp"]) == (409, b"busy", "yes")
+
+
+def test_crows_response_first_forms() -> None:
+    """(res, *params) handlers and (res) catch-alls are given the response, as Crow's response& forms are."""
+    app = Crow()
+
+    @app.route("/add/<int>/<int>")
+    def add(res: Response, a: int, b: int) -> None:
+        res.write(str(a + b))
+        res.end()
+
+    @app.route("/named/<int>")
+    def named(res, n):  # type: ignore[no-untyped-def]
+        res.end(f"n={n}")
+
+    @app.catchall_route()
+    def missing(res: Response) -> None:
+        res.body = f"caught {res.code}"
+        res.end()
+
+    assert get(app, "/add/1/2").body == b"3"
+    assert get(app, "/named/5").body == b"n=5"
+    assert (get(app, "/elsewhere").status, get(app, "/elsewhere").body) == (404, b"caught 404")
+
+
+def test_the_request_parameter_annotated_as_a_segment_is_refused() -> None:
+    """def f(a: int, b: int) on a one-segment pattern is refused: a would be given the request."""
+    app = Crow()
+
+    def another(a: int, b: int) -> str:
+        return str(a + b)
+
+    with pytest.raises(TypeError, match="annotated int, but it is given the request"):
+        app.route("/another/<int>")(another)
+
+
+def test_response_body_form_clear_and_compressed() -> None:
+    """Response("text") is a 200 with that body; clear() empties it; compressed=False opts out of gzip."""
+    assert Response("text") == Response(200, "text")
+    assert Response({"a": 1}).body == {"a": 1}
+    response = Response(404, "x", {"A": "b"})
+    response.add_header("A", "c")
+    response.end()
+    response.clear()
+    assert response == Response() and not response.is_completed()
+    app = Crow()
+
+    @app.route("/secret")
+    def secret() -> Response:
+        page = Response("token " * 500)
+        page.compressed = False
+        return page
+
+    app.route("/open")(lambda: "open " * 500)
+    accepts = "Accept-Encoding: gzip\r\n"
+    assert "content-encoding" not in get(app, "/secret", headers=accepts).headers
+    assert get(app, "/open", headers=accepts).headers["content-encoding"] == "gzip"
+
+
+def test_a_handler_that_fails_after_writing_drops_the_connection() -> None:
+    """A handler that wrote part of its answer and then raised is cut off, never completed with a 500 body."""
+    app = Crow()
+
+    @app.route("/half")
+    def half(req: Any) -> None:
+        req.write(b"partial")
+        raise RuntimeError("after writing")
+
+    client = get(app, "/half")
+    assert client.status == 200 and b"500" not in client.body
+    assert client.transport.disconnecting
+
+
+def test_getters_and_the_callable_prefix() -> None:
+    """app.port() and app.bindaddr() read back; bp.prefix is a str and callable, as Crow's bp.prefix() is."""
+    from crowtwist import Blueprint
+
+    app = Crow().port(8080).bindaddr("0.0.0.0")
+    assert (app.port(), app.bindaddr()) == (8080, "0.0.0.0")
+    bp = Blueprint("api")
+    assert bp.prefix == "/api" and bp.prefix() == "/api"
