@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ._compress import MIN_SIZE
 from ._handlers import positional_arity, user_location
 from ._response import Response
 from ._routing import DOUBLE, INT, PATH, STRING, UINT, ParamType, ParamValue
 
 __all__ = ["Compressor", "HttpRule", "NotFound", "Response", "as_response", "first_takes_response", "write_response"]
 
-_KNOWN_CODES = frozenset(status.value for status in HTTPStatus)
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 _PARAMS, _REQ, _REQ_RES, _RES = range(4)
 
@@ -83,21 +84,22 @@ def write_response(
     """
     body, content_type = response.encoded()
     code = response.code
-    phrase = HTTPStatus(code).phrase if code in _KNOWN_CODES else "Unknown"
-    request.setResponseCode(code, phrase.encode("ascii"))
+    request.setResponseCode(code, _PHRASES.get(code, b"Unknown"))
     # twisted.web's default Server header names its version.
     request.setHeader(b"server", b"crowtwist")
     headers = request.responseHeaders
-    names = {name.lower() for name in response.headers}
-    for name in names:
-        headers.removeHeader(name)
-    for name, value in response.header_lines():
-        headers.addRawHeader(name, value)
+    names: set[str] = set()
+    if response.headers:
+        names = {name.lower() for name in response.headers}
+        for name in names:
+            headers.removeHeader(name)
+        for name, value in response.header_lines():
+            headers.addRawHeader(name, value)
     if content_type is not None and "content-type" not in names:
         request.setHeader(b"content-type", content_type)
     if code in (204, 304) or code < 200:
         body = b""  # RFC 9110 6.4.1: these have no content
-    elif compress is not None and body and response.compressed:
+    elif compress is not None and len(body) >= MIN_SIZE and response.compressed:
         declared = headers.getRawHeaders(b"content-type")
         body = compress(request, body, declared[0].decode("latin-1") if declared else None)
     if not finish:
@@ -194,7 +196,12 @@ class HttpRule:
         """Whether the handler is given the response (Crow's ``(req, res, ...)`` or ``(res, ...)``) and ends it."""
         return self.shape in (_REQ_RES, _RES)
 
-    def call(self, req: object, res: Response, params: Sequence[ParamValue]) -> Any:
+    @property
+    def takes_request(self) -> bool:
+        """Whether the handler is given the request."""
+        return self.shape in (_REQ, _REQ_RES)
+
+    def call(self, req: object, res: Response | None, params: Sequence[ParamValue]) -> Any:
         """Call the handler in its shape."""
         shape = self.shape
         if shape == _PARAMS:

@@ -741,7 +741,7 @@ class Request:
     _body: bytes | None
     _url_params: QueryString | None
     _multipart: MultipartMessage | None
-    _headers: Headers
+    _headers: Headers | None
 
     def __init__(self, raw: Any) -> None:
         own = object.__setattr__
@@ -749,7 +749,7 @@ class Request:
         own(self, "_body", None)
         own(self, "_url_params", None)
         own(self, "_multipart", None)
-        own(self, "_headers", _twisted_headers(raw.requestHeaders))
+        own(self, "_headers", None)  # made when first read: most handlers never look
 
     @classmethod
     def of(cls, raw: Any) -> Request:
@@ -806,11 +806,15 @@ class Request:
     @property
     def headers(self) -> Headers:
         """The request's headers, case-insensitively: the first value of each; ``headers.get_all(name)`` for all."""
-        return self._headers
+        headers = self._headers
+        if headers is None:
+            headers = _twisted_headers(self.raw.requestHeaders)
+            object.__setattr__(self, "_headers", headers)
+        return headers
 
     def get_header_value(self, name: str) -> str:
         """The first value of header ``name``, or ``""`` (Crow's)."""
-        return self._headers.get(name, "")
+        return self.headers.get(name, "")
 
     def get_header_values(self, name: str) -> list[str]:
         """Every value of header ``name``, in order (several ``Cookie`` lines, say)."""
@@ -885,7 +889,7 @@ class Request:
             content_type = self.get_header_value("Content-Type")
             chunks = self._chunks()
             try:
-                message = MultipartMessage.parse(chunks, content_type, limits or self.multipart_limits, self._headers)
+                message = MultipartMessage.parse(chunks, content_type, limits or self.multipart_limits, self.headers)
             finally:
                 chunks.close()
             object.__setattr__(self, "_multipart", message)

@@ -256,10 +256,11 @@ class _Handle(_Target):
 
     def start(self, exchange: Exchange) -> object:
         rule = self.rule
-        res = exchange.res
         params = route_params(exchange.raw)
         if not rule.takes_response:
-            return rule.call(exchange.req, res, params)
+            # The request is wrapped only for a handler that takes it.
+            return rule.call(exchange.req if rule.takes_request else None, None, params)
+        res = exchange.res
         # Crow's (req, res) form: the answer is res, once the handler ends it.
         running: list[Deferred[Any]] = []
 
@@ -334,19 +335,34 @@ _UPGRADING = object()
 class Exchange:
     """One request's way through its middleware and its target (see the module's docstring)."""
 
-    __slots__ = ("routes", "raw", "req", "res", "chain", "target", "ran", "pending", "gone", "response")
+    __slots__ = ("routes", "raw", "_req", "_res", "chain", "target", "ran", "pending", "gone", "response")
 
     def __init__(self, routes: Routes, raw: Request, chain: tuple[Any, ...], target: _Target) -> None:
         self.routes = routes
         self.raw = raw
-        self.req = CrowRequest.of(raw)
-        self.res = Response()
+        # Made when first asked for: a (*params) handler without middleware needs neither.
+        self._req: CrowRequest | None = None
+        self._res: Response | None = None
         self.chain = chain
         self.target = target
         self.ran = 0
         self.pending: Deferred[Any] | None = None
         self.gone = False
         self.response: Response | None = None
+
+    @property
+    def req(self) -> CrowRequest:
+        """The request, as handlers and middleware get it."""
+        if self._req is None:
+            self._req = CrowRequest.of(self.raw)
+        return self._req
+
+    @property
+    def res(self) -> Response:
+        """The response middleware and ``(req, res)`` handlers build."""
+        if self._res is None:
+            self._res = Response()
+        return self._res
 
     def run(self) -> int:
         """Start; the answer is written now or later (``render`` returns ``NOT_DONE_YET`` either way)."""
@@ -485,9 +501,9 @@ class Exchange:
             except (TypeError, ValueError):
                 log.failure("{what} returned what is no response", Failure(), what=self.target.label)
                 response = Response(500, _SERVER_ERROR)
-            if response is not self.res:
+            if self._res is not None and response is not self._res:
                 # Headers middleware set before the handler answered with its own response.
-                for name, value in self.res.header_lines():
+                for name, value in self._res.header_lines():
                     if not response.get_header_value(name):
                         response.add_header(name, value)
         self.response = response
