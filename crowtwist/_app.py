@@ -387,6 +387,22 @@ class Crow:
         self._routes.exception_handler = Handler(func, "exception handler", 1, 2)
         return func
 
+    @overload
+    def max_body_size(self) -> int | None: ...
+    @overload
+    def max_body_size(self, size: int | None) -> Crow: ...
+
+    def max_body_size(self, size: Any = _KEEP) -> Crow | int | None:
+        """Bytes of a request body the app's site reads (default 64 MiB); more get 413 at once.
+
+        ``None`` lifts the bound.  With no argument, the bound.  Applies to
+        ``site()``, ``service()`` and ``run()`` made from now on; mounted in
+        another ``Site``, that site's own rules apply (twisted.web has none)."""
+        if size is _KEEP:
+            return self._settings.max_body_size
+        self._settings.max_body_size = check_positive("max_body_size", size, integer=True)
+        return self
+
     def use_compression(self, enabled: bool) -> Crow:
         """gzip response bodies for clients that accept it (default on; small and compressed types never)."""
         self._compress = bool(enabled)
@@ -597,7 +613,11 @@ class Crow:
 
     def site(self) -> CrowSite:
         """A twisted.web ``Site`` serving ``resource()``, with the handshake deadline."""
-        return CrowSite(self.resource(), handshake_timeout=self._settings.handshake_timeout)
+        return CrowSite(
+            self.resource(),
+            handshake_timeout=self._settings.handshake_timeout,
+            max_body_size=self._settings.max_body_size,
+        )
 
     @overload
     def port(self) -> int: ...

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 __all__ = [
     "DEFAULT_BINDADDR",
+    "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_QUEUE_BYTES",
@@ -54,9 +55,12 @@ def check_positive(name: str, value: T, *, integer: bool = False, optional: bool
     raise ValueError(f"{name} must be a positive {expected}{' or None' if optional else ''}, not {value!r}")
 
 
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
 @dataclass
 class Settings:
-    """An app's WebSocket settings; rules read them when their factory is built."""
+    """An app's settings (most of them WebSocket ones); rules read them when their factory is built."""
 
     enforce_ws_spec: bool = False
     """Require masked client frames (Crow's ``CROW_ENFORCE_WS_SPEC``)."""
@@ -91,3 +95,6 @@ class Settings:
     """Nagle's algorithm off on upgraded connections (``TCP_NODELAY``), so small frames go out at once."""
     allowed_origins: tuple[str, ...] | None = None
     """Origins allowed to open WebSockets (see ``websocket/_origin.py``); ``None``: any."""
+    max_body_size: int | None = DEFAULT_MAX_BODY
+    """Bytes of an HTTP request body crowtwist's site reads; more get 413.  ``None``: no bound
+    (twisted.web spools large bodies to temporary files, so the bound is on disk, not memory)."""

@@ -31,6 +31,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ._headers import header_tokens, wants_upgrade
+from ._settings import DEFAULT_MAX_BODY
 from ._twisted import ChannelBase
 
 __all__ = ["CrowRequest", "CrowSite", "DeadlineChannel"]
@@ -53,7 +54,26 @@ class CrowRequest(Request):
     A request with several ``Host`` headers keeps them, for the 400 it gets.
     """
 
+    _body_bytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        # A chunked body declares no length: it is counted as it comes.
+        channel = self.channel
+        limit = getattr(channel, "max_body_size", None)
+        if limit is not None:
+            self._body_bytes += len(data)
+            if self._body_bytes > limit:
+                self._too_large = True
+                if isinstance(channel, DeadlineChannel):
+                    channel.refuse_head(413, "Content Too Large", f"the body is over {limit} bytes")
+                return
+        Request.handleContentChunk(self, data)
+
+    _too_large = False
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._too_large:
+            return  # answered 413 already; the rest of the body was dropped, not handled
         found = _ABSOLUTE_FORM.match(path)
         if found is not None:
             authority, rest = found.groups()
@@ -104,7 +124,15 @@ class DeadlineChannel(ChannelBase):
             self._arm()  # the first byte of the next request on a kept-alive connection
         super().dataReceived(data)
 
+    max_body_size: int | None = None
+
     def allHeadersReceived(self) -> None:
+        limit = self.max_body_size
+        declared: int | None = getattr(self, "length", None)  # twisted.web's Content-Length, parsed
+        if limit is not None and declared is not None and declared > limit:
+            # Before twisted.web's 100 Continue: the client need not send the body at all.
+            self.refuse_head(413, "Content Too Large", f"the body is over {limit} bytes")
+            return
         super().allHeadersReceived()
         if self.requests:
             # The request line's method and version, not yet on the request.
@@ -281,7 +309,13 @@ class CrowSite(Site):
     requestFactory = CrowRequest
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, handshake_timeout: float | None = 10.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        handshake_timeout: float | None = 10.0,
+        max_body_size: int | None = DEFAULT_MAX_BODY,
+        **kwargs: Any,
+    ) -> None:
         # twisted.web would parse a POST body into request.args before any handler runs,
         # a multipart one whole in memory (email.message_from_bytes on all of it, several
         # copies deep): an upload would cost its size in memory.  crowtwist's Request
@@ -289,11 +323,13 @@ class CrowSite(Site):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         Site.__init__(self, resource, **kwargs)
         self.handshake_timeout = handshake_timeout
+        self.max_body_size = max_body_size
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = Site.buildProtocol(self, addr)
         if isinstance(channel, DeadlineChannel):
             channel.handshake_timeout = self.handshake_timeout
+            channel.max_body_size = self.max_body_size
             # The app's route tree, at the root, can take a plain upgrade from the first read.
             channel.fast_upgrade = getattr(self.resource, "fast_upgrade", None)
         return channel

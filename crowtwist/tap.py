@@ -113,6 +113,7 @@ class Options(usage.Options):
         ["routes", "r", None, "Module defining the app: MODULE or MODULE:ATTRIBUTE."],
         ["port", "p", None, "Shorthand for --listen tcp:PORT."],
         ["max-payload", None, None, "Largest incoming message in bytes, after decompression ('none': no bound)."],
+        ["max-body-size", None, None, "Largest HTTP request body in bytes, 413 over it ('none': no bound). [default: 64 MiB]"],
         ["keepalive-interval", None, None, "Seconds between server pings ('off': no pings). [default: 20]"],
         ["keepalive-timeout", None, None, "Seconds to wait for a pong before closing with 1011. [default: 20]"],
         ["close-timeout", None, None, "Seconds to wait for the peer's close frame before dropping it. [default: 5]"],
@@ -172,7 +173,7 @@ class Options(usage.Options):
             self["listen"].append(f"tcp:{_positive('port', self['port'], int, allow_none=False)}")
         if not self["listen"]:
             self["listen"].append(f"tcp:{DEFAULT_PORT}")
-        for name in ("max-payload", "max-send-buffer", "max-connections", "max-queue", "max-queue-bytes"):
+        for name in ("max-payload", "max-body-size", "max-send-buffer", "max-connections", "max-queue", "max-queue-bytes"):
             if self[name] is not None:
                 self[name] = _positive(name, self[name], int)
         for name in ("keepalive-interval", "keepalive-timeout", "close-timeout", "handshake-timeout"):
@@ -210,6 +211,7 @@ def configure(app: Crow, options: Options) -> None:
     given = set(options.given)
     for option, attribute in (
         ("max-payload", "websocket_max_payload"),
+        ("max-body-size", "max_body_size"),
         ("keepalive-interval", "keepalive_interval"),
         ("keepalive-timeout", "keepalive_timeout"),
         ("close-timeout", "close_timeout"),

@@ -461,3 +461,55 @@ def test_route_tables_against_paths(patterns: list[list[str]], paths: list[list[
             slashed = path[-1] != "" and any(p[-1] == "" and _matches(p, [*path, ""]) for p in declared)
             expected = 200 if hit else 301 if slashed else 404
             assert client.status == expected, (patterns, path)
+
+
+# The body bound.
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a raw socket (the rest of the body may be refused) and read until the server closes."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # the server may stop reading once it has answered
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_body_over_the_bound_is_413(site_port: Any) -> Iterator[Any]:
+    """A declared or chunked body over max_body_size gets 413 before the handler; one within it is read."""
+    from twisted.internet.threads import deferToThread
+
+    app = Crow().max_body_size(1000)
+    assert app.max_body_size() == 1000
+    seen: list[int] = []
+
+    @app.route("/up").methods("POST")
+    def upload(req: Any) -> str:
+        seen.append(len(req.body))
+        return f"got {len(req.body)}"
+
+    port = site_port(app)
+    assert (yield fetch(port, "POST", "/up", body=b"x" * 1000)).body == b"got 1000"
+    declared = yield deferToThread(_raw_exchange, port, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n"
+                                   b"Expect: 100-continue\r\n\r\n")
+    assert declared.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in declared
+    chunk = b"%x\r\n%s\r\n" % (600, b"y" * 600)
+    chunked = yield deferToThread(_raw_exchange, port, b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  + chunk * 2 + b"0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 413 ")
+    assert seen == [1000]
+    with pytest.raises(ValueError):
+        Crow().max_body_size(0)
