@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable, Iterator
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.logger import Logger
 
+from ._log import log
 from ._broker import RedisBroker
 from ._handlers import Handler, user_location
 from ._http import HttpRule
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Blueprint", "Crow", "Route"]
 
-log = Logger(namespace="crowtwist")
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M")

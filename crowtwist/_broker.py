@@ -48,13 +48,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._log import log
+
 __all__ = ["BrokerURL", "RedisBroker", "parse_broker_url"]
 
-log = Logger(namespace="crowtwist")
 
 # Redis's own default port.
 _REDIS_PORT = 6379

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -103,6 +104,14 @@ class Headers(Mapping[str, str]):
         return f"Headers({[(name, value) for name in self for value in self.get_all(name)]!r})"
 
 
+def _header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 where it is (what clients send, and what Crow hands on), else one character per byte."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def _twisted_headers(headers: Any) -> Headers:
     """A live view of a twisted.web ``Headers``."""
 
@@ -111,7 +120,7 @@ def _twisted_headers(headers: Any) -> Headers:
             raw = name.encode("latin-1")
         except UnicodeEncodeError:
             return []
-        return [value.decode("latin-1") for value in headers.getRawHeaders(raw, [])]
+        return [_header_text(value) for value in headers.getRawHeaders(raw, [])]
 
     def names() -> list[str]:
         return [name.decode("latin-1") for name, _ in headers.getAllRawHeaders()]
@@ -742,6 +751,7 @@ class Request:
     _url_params: QueryString | None
     _multipart: MultipartMessage | None
     _headers: Headers | None
+    _head_hook: Callable[[], None] | None
 
     def __init__(self, raw: Any) -> None:
         own = object.__setattr__
@@ -750,6 +760,7 @@ class Request:
         own(self, "_url_params", None)
         own(self, "_multipart", None)
         own(self, "_headers", None)  # made when first read: most handlers never look
+        own(self, "_head_hook", None)
 
     @classmethod
     def of(cls, raw: Any) -> Request:
@@ -775,6 +786,32 @@ class Request:
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.raw_url}>"
 
+    # Answering the Twisted way: write, then finish, and return NOT_DONE_YET.
+
+    def write(self, data: bytes) -> None:
+        """Write part of the answer yourself (twisted.web's ``write``).
+
+        The first write sends the status and headers; the middleware's
+        ``after_handle`` runs just before it, so what they add goes out too.
+        """
+        self._head_goes()
+        self.raw.write(data)
+
+    def finish(self) -> None:
+        """End an answer written with ``write`` (twisted.web's ``finish``)."""
+        self._head_goes()
+        self.raw.finish()
+
+    def before_head(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` once, before the first ``write`` or ``finish`` (how middleware unwinds for a stream)."""
+        object.__setattr__(self, "_head_hook", callback)
+
+    def _head_goes(self) -> None:
+        hook = self._head_hook
+        if hook is not None:
+            object.__setattr__(self, "_head_hook", None)
+            hook()
+
     # The request line.
 
     @property
@@ -789,8 +826,14 @@ class Request:
 
     @property
     def url(self) -> str:
-        """The path without the query, as sent (Crow's ``req.url``)."""
-        return self.raw_url.partition("?")[0]
+        """The path without the query, percent-decoded as routes match it (Crow's ``req.url``).
+
+        Middleware that guards a prefix checks this: ``/%70rivate`` routes as
+        ``/private``, and reads so here (``raw_url`` keeps what was sent).
+        Bytes that are not UTF-8 once decoded read as U+FFFD (no route
+        matches such a path).
+        """
+        return unquote_to_bytes(bytes(self.raw.path)).decode("utf-8", "replace")
 
     @property
     def url_params(self) -> QueryString:
@@ -862,10 +905,11 @@ class Request:
         try:
             if not body:
                 raise ValueError("the body is empty")
-            return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+            return json.loads(body.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite,
+                              parse_int=_bounded_int)
         except RecursionError:
             raise BadRequest("request body is not valid JSON: nested too deeply") from None
-        except ValueError as why:  # JSONDecodeError, UnicodeDecodeError and int digit limits are ValueErrors
+        except ValueError as why:  # JSONDecodeError, UnicodeDecodeError and our number checks are ValueErrors
             raise BadRequest(f"request body is not valid JSON: {why}") from None
 
     def get_body_params(self) -> QueryString:
@@ -902,6 +946,23 @@ class Request:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]!r} is too large for a float")
+    return value
+
+
+_MAX_INT_DIGITS = 4000
+
+
+def _bounded_int(text: str) -> int:
+    # Python's own limit (4300 digits) raises with a message about sys.set_int_max_str_digits.
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is more than {_MAX_INT_DIGITS}")
+    return int(text)
 
 
 def _close_then(result: object, message: MultipartMessage) -> None:

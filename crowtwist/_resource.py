@@ -21,15 +21,17 @@ request that never waits makes no Deferred.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote
 from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ._log import log
 from ._handlers import Handler, as_deferred
 from ._http import Compressor, HttpRule, NotFound, as_response, first_takes_response, write_response
 from ._middleware import contexts_of
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CatchAll", "Endpoint", "EndpointResource", "RouteResource", "Routes"]
 
-log = Logger(namespace="crowtwist")
 
 _NOT_FOUND = NotFound()
 _SERVER_ERROR = "500 Internal Server Error\n"
@@ -217,14 +218,20 @@ def _segments(request: Request) -> list[str] | None:
     return segments
 
 
+_URI_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+"""RFC 3986's pchar and "/" (and "%", the request's own escapes kept), not to be encoded again."""
+
+
 def _slash_redirect(request: Request) -> Response:
     """301 to the request's own path with a slash added, its query kept (Crow's, for ``/about/``)."""
-    path = request.path.decode("latin-1")
+    # As sent, with what may not stand in a URI reference percent-encoded (a "\\" would
+    # be read as "/" by browsers, so "/\\evil.example" would name another host).
+    path = quote(request.path.decode("latin-1"), safe=_URI_PATH_SAFE, encoding="latin-1")
     # "//evil.example/x" would be taken as another host: keep it a path.
     while path.startswith("//"):
         path = path[1:]
     uri = request.uri.decode("latin-1")
-    query = uri.partition("?")[2]
+    query = quote(uri.partition("?")[2], safe=_URI_PATH_SAFE + "?", encoding="latin-1")
     location = path + "/" + ("?" + query if "?" in uri else "")
     response = Response(301, "301 Moved Permanently\n")
     response.set_header("Location", location)
@@ -258,8 +265,21 @@ class _Handle(_Target):
         rule = self.rule
         params = route_params(exchange.raw)
         if not rule.takes_response:
-            # The request is wrapped only for a handler that takes it.
-            return rule.call(exchange.req if rule.takes_request else None, None, params)
+            if not rule.takes_request:
+                return rule.call(None, None, params)  # the request is wrapped only for a handler that takes it
+            req = exchange.req
+            # Such a handler may answer the Twisted way (write, finish, NOT_DONE_YET).
+            exchange.raw.setHeader(b"server", b"crowtwist")
+            if exchange.ran:
+                req.before_head(exchange.stream_head)
+            try:
+                result = rule.call(req, None, params)
+            except BaseException:
+                req.before_head(None)
+                raise
+            if not _is_not_done_yet(result):
+                req.before_head(None)
+            return result
         res = exchange.res
         # Crow's (req, res) form: the answer is res, once the handler ends it.
         running: list[Deferred[Any]] = []
@@ -326,6 +346,10 @@ class _Upgrade(_Target):
 
     def start(self, exchange: Exchange) -> object:
         return _UPGRADING
+
+
+def _is_not_done_yet(result: object) -> bool:
+    return isinstance(result, int) and not isinstance(result, bool) and result == NOT_DONE_YET
 
 
 _UPGRADING = object()
@@ -487,10 +511,9 @@ class Exchange:
         """The target's answer: make it a Response, unwind the middleware that ran, write it."""
         if self.response is not None:
             return  # answered already (a (req, res) handler that ended, then raised)
-        if isinstance(result, int) and not isinstance(result, bool) and result == NOT_DONE_YET:
-            # The Twisted way: the handler writes to the request and finishes it
-            # itself, so there is no response for after_handle to change.
-            self.response = self.res
+        if _is_not_done_yet(result):
+            # The Twisted way: the handler writes to the request and finishes it itself;
+            # the middleware unwound (stream_head) before its first write.
             return
         if result is _UPGRADING:
             response = self.res
@@ -508,6 +531,38 @@ class Exchange:
                         response.add_header(name, value)
         self.response = response
         self._after(self.ran - 1, result is _UPGRADING)
+
+    def stream_head(self) -> None:
+        """A handler answering the Twisted way is about to write: unwind the middleware onto its head.
+
+        ``after_handle`` gets a response with the request's status and what
+        middleware set before; the headers it ends with go out with the first
+        write.  It cannot be waited for: a Deferred it returns is not awaited.
+        """
+        if self.response is not None or self.gone:
+            return
+        raw = self.raw
+        response = self.res
+        response.code = raw.code
+        self.response = response
+        contexts = contexts_of(raw)
+        for index in range(self.ran - 1, -1, -1):
+            middleware = self.chain[index]
+            after = getattr(middleware, "after_handle", None)
+            if after is None:
+                continue
+            try:
+                result = after(self.req, response, contexts.get(id(middleware)))
+            except Exception:
+                log.failure("after_handle of {name} failed on a streamed answer", Failure(),
+                            name=type(middleware).__name__, level=LogLevel.error)
+                continue
+            if as_deferred(result) is not None:
+                log.warn("after_handle of {name} returned something to wait for; a streamed answer cannot wait",
+                         name=type(middleware).__name__)
+        raw.setResponseCode(response.code)
+        for name, value in response.header_lines():
+            raw.responseHeaders.addRawHeader(name, value)
 
     def _after(self, index: int, upgrading: bool) -> None:
         if self.gone:

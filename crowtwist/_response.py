@@ -207,7 +207,8 @@ class Response:
             return body, "application/octet-stream" if body else None
         if isinstance(body, str):
             return body.encode("utf-8"), "text/plain; charset=utf-8"
-        return json.dumps(body).encode("utf-8"), "application/json"
+        # RFC 8259 has no NaN or Infinity: such a body is the handler's error (a 500), not invalid JSON sent.
+        return json.dumps(body, allow_nan=False).encode("utf-8"), "application/json"
 
 
 def _check_header(name: str, value: str) -> None:

@@ -51,18 +51,27 @@ _DOUBLE_RE = re.compile(
 _NONZERO_DIGIT_BEFORE_EXPONENT = re.compile(r"^[^eE]*[1-9]")
 
 
+def _integer(text: str) -> int | None:
+    # int() of thousands of digits raises (Python's 4300-digit limit) and costs time: no
+    # 64-bit value has more than 20 digits once leading zeros are gone.
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 20:
+        return None
+    return int(("-" if text[0] == "-" else "") + (digits or "0"))
+
+
 def _to_int(text: str) -> int | None:
     if not _INT_RE.match(text):
         return None
-    value = int(text)
-    return value if _INT64_MIN <= value <= _INT64_MAX else None
+    value = _integer(text)
+    return value if value is not None and _INT64_MIN <= value <= _INT64_MAX else None
 
 
 def _to_uint(text: str) -> int | None:
     if not _UINT_RE.match(text):
         return None
-    value = int(text)
-    return value if value <= _UINT64_MAX else None
+    value = _integer(text)
+    return value if value is not None and value <= _UINT64_MAX else None
 
 
 def _to_double(text: str) -> float | None:

@@ -23,20 +23,19 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableDescriptor
-from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from ._log import log
 from ._headers import header_tokens, wants_upgrade
 from ._settings import DEFAULT_MAX_BODY
 from ._twisted import ChannelBase
 
 __all__ = ["CrowRequest", "CrowSite", "DeadlineChannel"]
 
-log = Logger(namespace="crowtwist")
 
 LINGER = 2.0
 """Seconds a refused head's connection keeps reading (and dropping) what the client still sends."""
@@ -53,6 +52,10 @@ class CrowRequest(Request):
     instead of ``Host``.  twisted.web would take the whole URI for the path.
     A request with several ``Host`` headers keeps them, for the 400 it gets.
     """
+
+    # twisted.web's default is text/html, which would let a streamed answer that echoes its
+    # input run script; a response of ours always names its type when it has a body.
+    defaultContentType = None
 
     _body_bytes = 0
 
@@ -133,6 +136,15 @@ class DeadlineChannel(ChannelBase):
             # Before twisted.web's 100 Continue: the client need not send the body at all.
             self.refuse_head(413, "Content Too Large", f"the body is over {limit} bytes")
             return
+        if self.requests:
+            method, version = self.head_method_and_version()
+            hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host")
+            # RFC 9112 section 3.2: an HTTP/1.1 request without exactly one Host is answered 400.
+            if version == b"HTTP/1.1" and (hosts is None or len(hosts) != 1):
+                # The same words as the upgrade checks' (websocket/_upgrade.py), which come to the same verdict.
+                why = "Host header missing or invalid" if hosts is None else "more than one Host header"
+                self.refuse_head(400, "Bad Request", why)
+                return
         super().allHeadersReceived()
         if self.requests:
             # The request line's method and version, not yet on the request.
@@ -140,6 +152,11 @@ class DeadlineChannel(ChannelBase):
             if not wants_upgrade(self.requests[-1], method, version):
                 self._head_done = True
                 self._disarm()
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return  # answered already (413, or 400 for the Host): the request is not handled
+        super().allContentReceived()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         # twisted.web splits Connection at spaces, so "Connection: close, Upgrade" kept the connection open.

@@ -42,10 +42,11 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.base import ReactorBase
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
+
+from ._log import log
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -65,7 +66,6 @@ __all__ = [
     "missing_names",
 ]
 
-log = Logger(namespace="crowtwist")
 
 ENVIRONMENT = "CROWTWIST_PUBLIC_PATHS"
 """Comma-separated seams to run on public paths only: ``twisted`` (this one), ``autobahn``, or ``all``."""

@@ -54,9 +54,11 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError, ProcessExitedAlready, ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import FileLogObserver, Logger, formatEventAsClassicLogText
+from twisted.logger import FileLogObserver, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from ._log import log
 
 __all__ = [
     "ENVIRONMENT",
@@ -71,7 +73,6 @@ __all__ = [
     "worker_sockets",
 ]
 
-log = Logger(namespace="crowtwist")
 
 ENVIRONMENT = "CROWTWIST_WORKER"
 """Set in a worker's environment: ``INDEX:FD,FD...``, its number (from 1) and its listening descriptors."""

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
 from twisted.python import usage
 
+from ._log import log
 from ._app import Crow
 from ._broker import check_client_installed, parse_broker_url
 from ._settings import DEFAULT_PORT, check_positive
@@ -29,7 +29,6 @@ from .websocket._origin import OriginPolicy
 
 __all__ = ["Options", "load_app", "makeService"]
 
-log = Logger(namespace="crowtwist")
 
 
 class LoadError(Exception):

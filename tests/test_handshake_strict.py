@@ -854,6 +854,8 @@ def model(headers: dict[str, list[str]]) -> int:
     def tokens(name: str) -> list[str]:
         return [t.strip().lower() for v in headers[name] for t in v.split(",")]
 
+    if len(headers["host"]) != 1:
+        return 400  # RFC 9112 section 3.2, for any HTTP/1.1 request, before the upgrade is looked at
     if "websocket" not in tokens("upgrade"):
         return 426
     if "upgrade" not in tokens("connection"):

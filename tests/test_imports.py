@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                  "crowtwist._broker", "crowtwist._workers", "crowtwist._response", "crowtwist._request",
                  "crowtwist._compress", "crowtwist._static",
                  "crowtwist._speedups")),
-    ("settings", ("crowtwist._settings", "crowtwist._version")),
+    ("settings", ("crowtwist._settings", "crowtwist._version", "crowtwist._log")),
 ]
 """Which module is in which layer; a new module must be placed here."""
 

@@ -563,7 +563,7 @@ def test_request_line_and_headers() -> None:
            b"X-Many: 1\r\nX-Many: 2\r\nContent-Length: 0\r\n\r\n")
     assert status(in_memory(handle, raw)) == 200
     assert seen == {
-        "method": "PATCH", "url": "/p%20q/r", "raw_url": "/p%20q/r?a=%C3%A9&l[]=1&l[]=2&f=x#frag", "a": "é",
+        "method": "PATCH", "url": "/p q/r", "raw_url": "/p%20q/r?a=%C3%A9&l[]=1&l[]=2&f=x#frag", "a": "é",
         "l": ["1", "2"], "accept": "*/*", "all": ["1", "2"], "none": "", "first": "1", "ip": "10.1.2.3",
         "route_params": [], "names": True, "frag": "x",  # a '#' ends the query, as in Crow
     }
@@ -612,7 +612,7 @@ def test_json_bodies() -> None:
         b"{": b"Expecting property name",
         b"[NaN]": b"NaN is not JSON",
         b"[" * 100_000: b"nested too deeply",
-        b"1" * 5000: b"Exceeds the limit",
+        b"1" * 5000: b"an integer of 5000 digits is more than 4000",
         b"\xef\xbb\xbf{}": b"Unexpected UTF-8 BOM",
     }
     for body, why in cases.items():

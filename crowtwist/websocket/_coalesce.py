@@ -22,12 +22,12 @@ from time import perf_counter
 from typing import Any, Protocol
 from collections.abc import Callable
 
-from twisted.logger import Logger
+
+from .._log import log
 
 __all__ = ["Coalescer", "Corked"]
 
 
-log = Logger(namespace="crowtwist")
 
 
 class Corked(Protocol):

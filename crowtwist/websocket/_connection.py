@@ -7,14 +7,13 @@ from typing import Any, Protocol
 from collections.abc import Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 
+from .._log import log
 from .._routing import ParamValue
 from ._close import CloseCode, is_sendable
 
 __all__ = ["Connection", "Owner", "Route", "check_room", "detach", "notify_closed", "send_shared", "set_writable"]
 
-log = Logger(namespace="crowtwist")
 
 
 class Owner(Protocol):

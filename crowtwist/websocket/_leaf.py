@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
+from .._log import log
 from .._handlers import as_deferred
 from .._headers import wants_upgrade
 from .._http import Response, write_response
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PendingUpgrade", "WebSocketLeaf", "wants_upgrade"]
 
-log = Logger(namespace="crowtwist")
 
 _SERVER_ERROR = Response(500, "500 Internal Server Error\n")
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._log import log
 from .._handlers import Handler
 from .._peer import peer_host
 from .._routing import ParamValue
@@ -43,7 +43,6 @@ from ._route import RouteHandlers
 
 __all__ = ["CrowServerProtocol", "PublicCrowProtocol", "protocol_base"]
 
-log = Logger(namespace="crowtwist")
 
 # One per process, as the reactor is.
 _coalescer = Coalescer()

@@ -15,11 +15,12 @@ import math
 from typing import Any, cast
 from collections.abc import Callable
 
-from twisted.logger import Logger
+
+from .._log import log
 
 __all__ = ["BucketTimer", "TimerCall", "reactor_later"]
 
-_log = Logger(namespace="crowtwist")
+_log = log
 
 
 class TimerCall:

@@ -20,11 +20,11 @@ from collections.abc import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.logger import Logger
+
+from ..._log import log
 
 __all__ = ["FAST", "INITIAL_STATE", "PROBLEMS", "is_forced_public", "problems"]
 
-log = Logger(namespace="crowtwist")
 
 # What autobahn's _connectionMade starts every connection with; here they are
 # class attributes, so a connection's own dict holds only what changes.
