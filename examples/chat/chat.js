@@ -262,6 +262,7 @@
     openedAt = 0;
     for (const entry of outbox.values()) setItemState(entry.item, "not sent yet: goes when back online");
     if (code === REFUSED) {
+      retry.hidden = true;
       notice(`the server refused the name: ${reason}`, 0, true);
       setStatus("refused", "not joined");
       return askName(reason);
@@ -284,9 +285,17 @@
     later(connect, wait);
   }
 
-  retry.addEventListener("click", () => { if (!ws) connect(); });
+  const waiting = () => !ws && name && naming.hidden; // offline, and not for want of a name
+  retry.addEventListener("click", () => { if (waiting()) connect(); });
   // The network came back (a phone leaving a tunnel): no point waiting out the backoff.
-  window.addEventListener("online", () => { if (!ws && name) connect(); });
+  window.addEventListener("online", () => { if (waiting()) connect(); });
+  // A tab in the background has its timers slowed to a minute; a phone may have slept with the
+  // socket dead and nobody told. Coming back into view: retry now, or check the socket now.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) return;
+    if (waiting()) connect();
+    else if (ws && welcomed && Date.now() - lastHeard >= PING_AFTER) ws.send('{"type":"ping"}');
+  });
   window.addEventListener("beforeunload", (event) => {
     if (outbox.size) event.preventDefault(); // the browser asks before dropping unsent messages
   });
@@ -334,6 +343,7 @@
       sock.onclose = sock.onmessage = sock.onopen = null;
       sock.close(1000, "changing name");
     }
+    retry.hidden = true;
     setStatus("offline", "choosing a name");
     askName();
   });
