@@ -4,7 +4,8 @@
 
 - ``app.service(...)`` is an ``IService``: the demo routes on 127.0.0.1:18080;
 - ``app.resource()`` mounts under ``/crow/`` of an existing ``Site`` on 127.0.0.1:18081,
-  beside that site's own ``/status`` page;
+  beside that site's own ``/status`` page (the chat is at http://127.0.0.1:18081/crow/: its
+  page builds its WebSocket's URL relative to itself, so the prefix is kept);
 - a ``TimerService`` logs how many WebSockets are open, as any other service would run.
 
 Stopping (Ctrl-C, SIGTERM) closes every open WebSocket with 1001 before the process exits.

@@ -80,16 +80,17 @@ def test_wheel_in_fresh_venv(tmp_path: Path) -> None:
 
 
 def _declared_bounds() -> dict[str, tuple[str, str | None]]:
-    """setup.cfg's (floor, ceiling) for Twisted, autobahn, and the redis extra's txredisapi."""
+    """setup.cfg's (floor, ceiling) for Twisted, autobahn, the redis extra's txredisapi and the test extra's selenium."""
     import configparser
     import re
 
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     bounds: dict[str, tuple[str, str | None]] = {}
-    lines = config["options"]["install_requires"].splitlines() + config["options.extras_require"]["redis"].splitlines()
+    extras = config["options.extras_require"]
+    lines = config["options"]["install_requires"].splitlines() + extras["redis"].splitlines() + extras["test"].splitlines()
     for line in lines:
-        found = re.match(r"(twisted|autobahn|txredisapi)(?:\[\w+\])?>=([\d.]+)(?:,<=([\d.]+))?", line.strip())
+        found = re.match(r"(twisted|autobahn|txredisapi|selenium)(?:\[\w+\])?>=([\d.]+)(?:,<=([\d.]+))?", line.strip())
         if found:
             bounds[found.group(1)] = (found.group(2), found.group(3))
     return bounds
@@ -106,7 +107,7 @@ def test_the_suite_runs_at_a_declared_bound() -> None:
     from importlib.metadata import version
 
     bounds = _declared_bounds()
-    assert set(bounds) == {"twisted", "autobahn", "txredisapi"} and all(ceiling for _, ceiling in bounds.values())
+    assert set(bounds) == {"twisted", "autobahn", "txredisapi", "selenium"} and all(ceiling for _, ceiling in bounds.values())
     at_floors = os.environ.get("CROWTWIST_FLOORS") == "1"
     for name, (floor, ceiling) in bounds.items():
         expected = floor if at_floors else ceiling
