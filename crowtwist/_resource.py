@@ -682,12 +682,16 @@ class RouteResource(Resource):
         return fast_upgrade(self._node, channel, data)
 
     def render(self, request: Request) -> bytes | int:
-        # Mounted at /prefix and asked for /prefix itself: serve the "/" route.
+        # Mounted at /prefix and asked for /prefix itself.
         found = self._node.match([""])
         endpoint = found[0].endpoint if found is not None else None
         if endpoint is None:
             cast(Any, request).route_segments = [""]
             return self._miss.render(request)
+        if not wants_upgrade(request):
+            # The "/" route is /prefix/: relative links on its page resolve under the prefix
+            # only from there (as a route declared "/about/" answers "/about").
+            return write_response(request, _slash_redirect(request))
         request.route_params = []  # type: ignore[attr-defined]
         result: bytes | int = endpoint.resource.render(request)
         return result

@@ -175,13 +175,10 @@ def add_routes(app: Crow) -> None:
     """Declare the chat's pages, assets and WebSocket route on ``app``."""
 
     @app.route("/")
-    def landing(request: Any) -> Response:
-        # Relative, so that a mount prefix stays: /crow/ -> /crow/room/lobby; /crow (no
-        # slash) would resolve "room/lobby" against / and lose it, so name the segment.
-        path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
-        last = path.rsplit("/", 1)[-1]
-        location = f"{last}/room/lobby" if last else "room/lobby"
-        return Response(303, b"", {"Location": location})
+    def landing() -> Response:
+        # Relative, so that a mount prefix stays: /crow/ -> /crow/room/lobby (and /crow is
+        # redirected to /crow/ by crowtwist first).
+        return Response(303, b"", {"Location": "room/lobby"})
 
     @app.route("/room/<string>")
     def page(request: Any, room: str) -> Response:
