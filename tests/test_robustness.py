@@ -389,6 +389,28 @@ def test_bucket_timer_is_never_early() -> None:
     cancelled.cancel()  # harmless after its time
 
 
+def test_a_bucket_whose_calls_are_all_cancelled_leaves_no_reactor_call() -> None:
+    """Cancelling every call of a bucket cancels its reactor call (trial sees a clean reactor); others keep theirs."""
+    from crowtwist.websocket._timers import BucketTimer
+
+    clock = Clock()
+    timer = BucketTimer(clock.callLater, clock.seconds, resolution=0.02)
+    fired: list[str] = []
+    first, second = timer.call_later(5, fired.append, "a"), timer.call_later(5, fired.append, "b")
+    kept = timer.call_later(20, fired.append, "kept")
+    assert len(clock.getDelayedCalls()) == 2
+    first.cancel()
+    first.cancel()  # twice counts once
+    assert len(clock.getDelayedCalls()) == 2
+    second.cancel()
+    assert len(clock.getDelayedCalls()) == 1
+    again = timer.call_later(5, fired.append, "again")  # the emptied bucket is made anew
+    clock.advance(30)
+    assert fired == ["again", "kept"] and not clock.getDelayedCalls()
+    kept.cancel()
+    again.cancel()  # after they ran: nothing to undo
+
+
 @pytest_twisted.inlineCallbacks
 def test_sub_second_close_timeout_is_kept(serve: Any) -> Iterator[Any]:
     """close_timeout 0.5 s: peers that answer a server close within milliseconds all close cleanly."""

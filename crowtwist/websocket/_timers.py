@@ -26,16 +26,22 @@ _log = log
 class TimerCall:
     """One scheduled call; ``cancel()`` may be called any number of times, also after it ran."""
 
-    __slots__ = ("_func", "_args")
+    __slots__ = ("_func", "_args", "_bucket")
 
-    def __init__(self, func: Callable[..., object], args: tuple[Any, ...]) -> None:
+    def __init__(self, func: Callable[..., object], args: tuple[Any, ...], bucket: _Bucket | None = None) -> None:
         self._func: Callable[..., object] | None = func
         self._args = args
+        self._bucket = bucket
 
     def cancel(self) -> None:
         """Do not run it (a no-op once it has run)."""
+        if self._func is None:
+            return
         self._func = None
         self._args = ()
+        bucket, self._bucket = self._bucket, None
+        if bucket is not None:
+            bucket.forget_one()
 
     def active(self) -> bool:
         """Whether it is still to run."""
@@ -46,7 +52,33 @@ class TimerCall:
         if func is not None:
             self._func = None
             self._args = ()
+            self._bucket = None
             func(*args)
+
+
+class _Bucket:
+    """The calls due at one deadline, and the one reactor call that runs them.
+
+    When the last of them is cancelled the reactor call is cancelled too, so
+    nothing is left pending once every connection has gone (trial checks).
+    """
+
+    __slots__ = ("calls", "live", "delayed", "owner", "key")
+
+    def __init__(self, owner: BucketTimer, key: int) -> None:
+        self.calls: list[TimerCall] = []
+        self.live = 0
+        self.delayed: Any = None
+        self.owner = owner
+        self.key = key
+
+    def forget_one(self) -> None:
+        self.live -= 1
+        if self.live == 0:
+            self.owner._buckets.pop(self.key, None)
+            delayed = self.delayed
+            if delayed is not None and delayed.active():
+                delayed.cancel()
 
 
 class BucketTimer:
@@ -65,23 +97,27 @@ class BucketTimer:
         self._call_later = call_later
         self._clock = clock
         self._resolution = resolution
-        self._buckets: dict[int, list[TimerCall]] = {}
+        self._buckets: dict[int, _Bucket] = {}
 
     def call_later(self, delay: float, func: Callable[..., object], *args: Any) -> TimerCall:
         """Run ``func(*args)`` in ``delay`` seconds (up to ``resolution`` later), unless cancelled."""
         now = self._clock()
-        bucket = math.ceil((now + max(delay, 0.0)) / self._resolution)
-        call = TimerCall(func, args)
-        calls = self._buckets.get(bucket)
-        if calls is None:
-            calls = self._buckets[bucket] = []
+        key = math.ceil((now + max(delay, 0.0)) / self._resolution)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(self, key)
             # The bucket's end is never before now + delay.
-            self._call_later(max(bucket * self._resolution - now, 0.0), self._fire, bucket)
-        calls.append(call)
+            bucket.delayed = self._call_later(max(key * self._resolution - now, 0.0), self._fire, key)
+        call = TimerCall(func, args, bucket)
+        bucket.calls.append(call)
+        bucket.live += 1
         return call
 
-    def _fire(self, bucket: int) -> None:
-        for call in self._buckets.pop(bucket, ()):
+    def _fire(self, key: int) -> None:
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            return
+        for call in bucket.calls:
             try:
                 call._fire()
             except Exception:
