@@ -179,7 +179,7 @@ class End:
     def fire_flushed(self) -> None:
         waiting, self.flushed = self.flushed, []
         for each in waiting:
-            each.callback(None)
+            self.pipe.after(each.callback, None)
 
     def drained(self) -> None:
         """What was written has been read: the producer may go on."""
@@ -210,6 +210,7 @@ class Pipe:
         self._call_later = call_later
         self._call: IDelayedCall | None = None
         self._pumping = False
+        self._after: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         self.lost = False
 
     def connect(self, client: Protocol, server: Protocol) -> None:
@@ -218,6 +219,18 @@ class Pipe:
         self.client.protocol = client
         server.makeConnection(self.server)
         client.makeConnection(self.client)
+
+    def after(self, func: Callable[..., object], *args: Any) -> None:
+        """Call ``func(*args)`` once the bytes stop moving (now, if they are not moving).
+
+        Deferreds the test waits on are fired this way, so that the test's code
+        never runs in the middle of a protocol's ``dataReceived`` or
+        ``connectionLost``, where a socket would never run it either.
+        """
+        if self._pumping:
+            self._after.append((func, args))
+        else:
+            func(*args)
 
     def schedule(self) -> None:
         """Move what is waiting in a coming reactor turn (not now: see the module's docstring)."""
@@ -260,6 +273,9 @@ class Pipe:
                         break
         finally:
             self._pumping = False
+        while self._after:
+            func, args = self._after.pop(0)
+            func(*args)
 
     def _lose(self, closer: End) -> None:
         """The connection ends: each protocol hears how (a clean close, or an abort and a reset), the server first."""
@@ -334,7 +350,7 @@ class ResponseReader:
         while not self._head_done:
             if not self._read_head():
                 return False
-            if self.complete:
+            if self.complete or self.error is not None:
                 return True
         self._read_body()
         return self.complete or self.error is not None

@@ -24,6 +24,7 @@ default one first.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterator
 
@@ -32,7 +33,10 @@ import pytest
 if TYPE_CHECKING:
     from .testing import CrowClient
 
-__all__ = ["crow_client", "MISSING_PYTEST_TWISTED"]
+__all__ = ["crow_client", "MISSING_PYTEST_TWISTED", "NAMES", "pytest_plugin_registered"]
+
+NAMES = ("crowtwist", "crowtwist.pytest_plugin")
+"""The plugin's names: the entry point's and the module's."""
 
 MISSING_PYTEST_TWISTED = (
     "the crow_client fixture needs pytest-twisted, which runs the Twisted reactor the client moves its bytes on:"
@@ -49,6 +53,21 @@ def _pytest_twisted(config: pytest.Config) -> Any:
         return importlib.import_module("pytest_twisted")
     except ImportError:  # registered under the name, but not the package (someone else's "twisted" plugin)
         return None
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """Once this module is registered under one of its names, block the other.
+
+    pytest refuses a module registered twice under two names, so an installed
+    crowtwist (the entry point) together with ``-p crowtwist.pytest_plugin`` or
+    ``pytest_plugins = ["crowtwist.pytest_plugin"]`` would stop the run.
+    """
+    if plugin is not sys.modules[__name__]:
+        return
+    mine = manager.get_name(plugin)
+    for name in NAMES:
+        if name != mine and manager.get_plugin(name) is None and not manager.is_blocked(name):
+            manager.set_blocked(name)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ import os
 import base64
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 from twisted.internet.defer import Deferred, succeed
@@ -45,7 +45,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from ._request import Headers
-from ._testing import FrameReader, Pipe, ResponseReader, accept_key, address, encode_frame
+from ._testing import End, FrameReader, Pipe, ResponseReader, accept_key, address, encode_frame
 
 if TYPE_CHECKING:
     from ._app import Crow
@@ -82,6 +82,16 @@ _VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 # Close codes an endpoint may send (RFC 6455 section 7.4): 1000-1003, 1007-1014, 3000-4999.
 _SENDABLE_CLOSE = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
+
+
+def _settle(waiting: Deferred[Any], result: Any) -> None:
+    """Fire ``waiting`` with ``result`` (an exception: errback) unless a timeout fired it first."""
+    if waiting.called:
+        return
+    if isinstance(result, BaseException):
+        waiting.errback(result)
+    else:
+        waiting.callback(result)
 
 
 def _reactor() -> Any:
@@ -189,19 +199,20 @@ class _Exchange(Protocol):
         assert self.transport is not None
         self.transport.loseConnection()
         if self._reader.error is not None:
-            self._done.errback(ProtocolViolation(f"the response to {self._target}: {self._reader.error}"))
+            self._fire(ProtocolViolation(f"the response to {self._target}: {self._reader.error}"))
         else:
-            self._done.callback(_response(self._reader))
+            self._fire(_response(self._reader))
+
+    def _fire(self, result: ClientResponse | Exception) -> None:
+        cast(End, self.transport).pipe.after(_settle, self._done, result)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._done.called:
             return
         if self._reader.finish():
-            self._done.callback(_response(self._reader))
+            self._fire(_response(self._reader))
         else:
-            self._done.errback(
-                ConnectionError(f"the app closed the connection before its response to {self._target} was complete")
-            )
+            self._fire(ConnectionError(f"the app closed the connection before its response to {self._target} was complete"))
 
 
 # WebSocket.
@@ -457,14 +468,14 @@ class ClientWebSocket:
         self._reader = None
         self.headers = headers
         self.subprotocol = protocol
-        self._opened.callback(self)
+        self._pipe.after(_settle, self._opened, self)
 
     def _refuse(self, error: Exception) -> None:
         assert self._pipe is not None
         self._reader = None
         self._gone = True  # never open: nothing may be sent
         self._pipe.client.loseConnection()
-        self._opened.errback(error)
+        self._pipe.after(_settle, self._opened, error)
 
     def _frame(self, fin: bool, rsv: int, opcode: int, payload: bytes) -> None:
         if self._frames.masked:
@@ -481,7 +492,7 @@ class ClientWebSocket:
                     self._send(0xA, payload)
             elif opcode == 0xA:
                 if self._pongs:
-                    self._pongs.popleft().callback(payload)
+                    self._later(self._pongs.popleft(), payload)
             else:
                 self._violate(f"reserved opcode {opcode:#x}")
         elif self._close_received:
@@ -512,7 +523,7 @@ class ClientWebSocket:
         while self._waiters:
             waiting = self._waiters.popleft()
             if not waiting.called:
-                waiting.callback(message)
+                self._later(waiting, message)
                 return
         self._messages.append(message)
 
@@ -558,24 +569,28 @@ class ClientWebSocket:
         if reader is not None:
             self._reader = None
             if reader.finish() and reader.error is None:
-                self._opened.errback(
-                    UpgradeRefused(self.path, reader.status, reader.reason, Headers.of_pairs(reader.headers), reader.body)
+                self._later(
+                    self._opened,
+                    UpgradeRefused(self.path, reader.status, reader.reason, Headers.of_pairs(reader.headers), reader.body),
                 )
             else:
-                self._opened.errback(
-                    ConnectionError(f"the app closed the connection before it answered the upgrade to {self.path}")
+                self._later(
+                    self._opened,
+                    ConnectionError(f"the app closed the connection before it answered the upgrade to {self.path}"),
                 )
         if self.close_code is None:
             self.close_code = 1006
         while self._waiters:
             waiting = self._waiters.popleft()
-            if not waiting.called:
-                waiting.errback(self._ended())
+            self._later(waiting, self._ended())
         while self._pongs:
-            pong = self._pongs.popleft()
-            if not pong.called:
-                pong.errback(self._ended())
-        self._closed.callback(None)
+            self._later(self._pongs.popleft(), self._ended())
+        self._later(self._closed, None)
+
+    def _later(self, waiting: Deferred[Any], result: Any) -> None:
+        """Fire ``waiting`` once the bytes stop moving (``Pipe.after``)."""
+        assert self._pipe is not None
+        self._pipe.after(_settle, waiting, result)
 
 
 # The client.
@@ -648,8 +663,7 @@ class CrowClient:
             return waiting
 
         def expire() -> None:
-            if not waiting.called:
-                waiting.errback(TimeoutError(f"waited {timeout} s for {what}"))
+            _settle(waiting, TimeoutError(f"waited {timeout} s for {what}"))
 
         call: IDelayedCall = _reactor().callLater(timeout, expire)
 
