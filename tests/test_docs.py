@@ -9,19 +9,22 @@ once ci/docs has run).
 from __future__ import annotations
 
 import configparser
+import http.client
 import importlib.util
 import os
 import pkgutil
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
 
 import crowtwist
 
-from .proc import ROOT
+from .proc import ROOT, Server, env, free_port, twistd
 
 DOCS = ROOT / "docs"
 
@@ -145,3 +148,52 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
         assert found is None, f"{path.relative_to(site)}: {found and found.group(0)}"
     for path in site.rglob("*.css"):
         assert not re.search(r"url\([\"']?(?:https?:)?//", path.read_text()), path.relative_to(site)
+
+
+def getting_started_app() -> str:
+    """The first Python block of docs/getting-started.md: the page's hello.py."""
+    found = re.search(r"```python\n(.*?)```", (DOCS / "getting-started.md").read_text(), re.DOTALL)
+    assert found
+    return found.group(1)
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("how", ["twistd", "app.run"])
+def test_getting_started_runs_as_written(tmp_path: Path, how: str) -> None:
+    """The getting-started page's app, served as the page says, answers what its sample sessions show."""
+    page = (DOCS / "getting-started.md").read_text()
+    port = free_port()
+    source = getting_started_app()
+    assert "port=18080" in source
+    (tmp_path / "hello.py").write_text(source.replace("port=18080", f"port={port}"))
+    if how == "twistd":
+        assert "twistd -n --pidfile= crow --routes hello --listen tcp:18080:interface=127.0.0.1" in page
+        args = twistd("--routes", "hello", "--listen", f"tcp:{port}:interface=127.0.0.1")
+    else:
+        assert "python hello.py" in page
+        args = [sys.executable, "hello.py"]
+    with Server(args, cwd=tmp_path, environ=env(PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}")) as server:
+        server.wait_tcp(port)
+        assert request(port, "GET", "/add/2/3") == (200, b'{"sum": 5}')
+        assert request(port, "POST", "/greet", b'{"name": "Ada"}') == (200, b"hello Ada")
+        status, body = request(port, "POST", "/greet", b"nope")
+        assert status == 400 and body.decode() in page
+        assert request(port, "GET", "/add/x/1")[0] == 404 and request(port, "GET", "/greet")[0] == 405
+        with connect(f"ws://127.0.0.1:{port}/echo/ada", open_timeout=10) as ws:
+            assert ws.recv(timeout=10) == "hello ada, say something"
+            ws.send("hi there")
+            assert ws.recv(timeout=10) == "HI THERE"
+        for shown in ('{"sum": 5}', "hello Ada", "< hello ada, say something", "< HI THERE", "closed 1000"):
+            assert shown in page, shown
+        output = server.stop(signal.SIGTERM)
+    assert server.process.returncode == 0, output
+    assert "closed 1000" in output
