@@ -1,12 +1,14 @@
 """crowtwist: Crow's route and WebSocket API on Twisted, with autobahn underneath.
 
-    from crowtwist import Crow
+```python
+from crowtwist import Crow
 
-    app = Crow()
-    app.route("/")(lambda req: "hello")
-    (app.route("/ws").websocket()
-        .onmessage(lambda conn, data, is_binary: conn.send_text(data)))
-    app.run()
+app = Crow()
+app.route("/")(lambda req: "hello")
+(app.route("/ws").websocket()
+    .onmessage(lambda conn, data, is_binary: conn.send_text(data)))
+app.run()
+```
 """
 
 from ._version import __version__

@@ -28,8 +28,11 @@ class HTTPError(Exception):
             raise ValueError(f"HTTPError code must be an int from 400 to 599, not {code!r}")
         super().__init__(message)
         self.code = code
+        """The status answered, 400 to 599."""
         self.message = message
+        """The answer's text, after the code."""
         self.headers = dict(headers or {})
+        """Headers the answer carries."""
 
     def response(self) -> Response:
         """The answer this error stands for: its code, its message as text."""
@@ -70,8 +73,11 @@ class Response:
         if not 100 <= code <= 999:
             raise ValueError(f"a response code must be from 100 to 999, not {code}")
         self.code = code
+        """The status code."""
         self.body: Body = body
+        """``str`` (UTF-8 text), ``bytes``, a ``dict``/``list`` (JSON) or ``None``."""
         self.headers: dict[str, str] = dict(headers or {})
+        """One value per header name; further lines of a name are in ``extra_headers``."""
         self.extra_headers: list[tuple[str, str]] = []
         """Further lines of a header already in ``headers`` (``add_header``), in order."""
         self.static_file: str | None = None

@@ -63,7 +63,7 @@ class Connection:
     yet.  ``writable`` turns false while that buffer is over its high-water
     mark, and ``drained()`` returns a Deferred that fires once it is not
     (at once if it is not now, and also when the connection closes).  A
-    producer of many messages waits on it between sends::
+    producer of many messages waits on it between sends:
 
         async def stream(conn):
             for chunk in chunks:
