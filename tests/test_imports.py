@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "crowtwist"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("faces", ("crowtwist", "crowtwist.tap")),
+    ("faces", ("crowtwist", "crowtwist.tap", "crowtwist.__main__")),
     ("app", ("crowtwist._app",)),
     ("resource", ("crowtwist._resource",)),
     ("websocket", ("crowtwist.websocket", "crowtwist.websocket.*")),
