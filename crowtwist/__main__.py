@@ -76,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if reactor not in names:
             raise SystemExit(f"{PROGRAM}: no reactor {reactor!r}; the reactors are {', '.join(names)}")
         # A fresh interpreter, where twistd installs the reactor before crowtwist is imported.
-        os.execv(sys.executable, [sys.executable, "-c", _TWISTD, *_TWISTD_OPTIONS, f"--reactor={reactor}", "crow", *args])
+        # (test_python_m_with_another_reactor runs it; coverage cannot see a line that replaces the process.)
+        os.execv(  # pragma: no cover
+            sys.executable, [sys.executable, "-c", _TWISTD, *_TWISTD_OPTIONS, f"--reactor={reactor}", "crow", *args]
+        )
     from twisted.scripts.twistd import run
 
     from . import tap

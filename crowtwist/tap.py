@@ -122,8 +122,8 @@ _LOCATED = re.compile(r"(?P<file>[^\s:][^:]*):(?P<line>[0-9]+): ")
 def _shown(filename: str) -> str:
     """``filename`` relative to the current directory when it is under it."""
     try:
-        return os.path.relpath(filename) if os.path.abspath(filename).startswith(os.path.join(os.getcwd(), "")) else filename
-    except ValueError:  # another drive, on Windows
+        return str(Path(os.path.abspath(filename)).relative_to(Path.cwd()))
+    except ValueError:  # elsewhere
         return filename
 
 
@@ -397,7 +397,7 @@ def _endpoint(description: str) -> IStreamServerEndpoint:
     from twisted.internet.endpoints import serverFromString
 
     try:
-        return serverFromString(reactor, description)
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except Exception as error:
         if type(error).__module__.startswith("OpenSSL"):
             why = f"the key or certificate is not usable (OpenSSL: {error})"
@@ -406,6 +406,7 @@ def _endpoint(description: str) -> IStreamServerEndpoint:
         else:
             why = f"{type(error).__name__}: {error}"
         raise _fail(f"bad --listen endpoint {description!r}: {why}") from None
+    return endpoint
 
 
 def _kind(description: str) -> str:
@@ -433,7 +434,9 @@ class _Probe:
     def listenTCP(self, port: int, factory: object, backlog: int = 50, interface: str = "") -> None:
         self.address = (interface, int(port))
 
-    def listenSSL(self, port: int, factory: object, context: object, backlog: int = 50, interface: str = "") -> None:
+    def listenSSL(
+        self, port: int, factory: object, contextFactory: object, backlog: int = 50, interface: str = ""
+    ) -> None:
         self.address = (interface, int(port))
 
 

@@ -172,6 +172,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         ("./pkg/demo.py:make", "--routes takes a module name, not a file: try --routes pkg.demo:make"),
         ("goodmod.py", "cannot import 'goodmod.py': no such module; try --routes goodmod"),
         ("nosuchmod.py", "cannot import 'nosuchmod.py': no such module; try --routes nosuchmod"),
+        (":app", "--routes ':app' names no module"),
     ],
 )
 def test_load_errors_name_the_users_file_and_line(project: Path, spec: str, message: str) -> None:
@@ -236,7 +237,7 @@ def test_log_level_threshold_filters_crowtwists_events(logs: LogCapture, level: 
     with pytest.raises(ValueError, match="log level 'loud' is none of debug, info, warn, error, critical"):
         set_log_level("loud")
     with pytest.raises(ValueError, match="no twisted.logger.LogLevel"):
-        set_log_level(3)  # type: ignore[arg-type]
+        set_log_level(3)  # type: ignore[arg-type, unused-ignore]
 
 
 def echo_app() -> Crow:
@@ -339,6 +340,42 @@ def test_bind_check_is_one_line_and_skips_what_it_cannot_judge() -> None:
         assert str(raised.value) == f"twistd crow: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"
     for description in ("tcp:0", "unix:/nonexistent/dir/s.sock", "tcp:notaport", "bogus:1"):
         tap._check_bindable(description)
+
+
+def test_tls_endpoints_are_bind_checked_and_bad_certificates_are_one_line(tmp_path: Path) -> None:
+    """An ssl: port that is taken fails the check; a key that is not PEM, or missing, is a one-line bad endpoint."""
+    from .test_twistd import make_certificate
+
+    key, cert = make_certificate(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port}: "):
+            tap._check_bindable(f"ssl:{port}:privateKey={key}:certKey={cert}:interface=127.0.0.1")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    with pytest.raises(SystemExit) as raised:
+        tap._endpoint(f"ssl:0:privateKey={junk}:certKey={junk}")
+    assert str(raised.value).startswith(f"twistd crow: bad --listen endpoint 'ssl:0:privateKey={junk}:certKey={junk}':"
+                                        " the key or certificate is not usable (OpenSSL: ")
+    with pytest.raises(SystemExit, match=r"No such file or directory"):
+        tap._endpoint(f"ssl:0:privateKey={tmp_path / 'none.pem'}")
+
+
+def test_a_port_lost_after_the_check_is_still_one_line() -> None:
+    """A port taken between the check and the listen still ends the process with one line, not a traceback."""
+    from twisted.application.service import Service
+    from twisted.internet.error import CannotListenError
+
+    class Taken(Service):
+        def privilegedStartService(self) -> None:
+            raise CannotListenError("", 8080, OSError(98, "Address already in use"))
+
+    service = tap._TwistdService(Taken(), Crow(), ["tcp:8080"])
+    with pytest.raises(SystemExit) as raised:
+        service.privilegedStartService()
+    assert str(raised.value) == "twistd crow: cannot listen on *:8080: [Errno 98] Address already in use"
 
 
 def test_tls_check_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -599,3 +636,21 @@ def test_readme_names_the_levels_the_code_uses() -> None:
     paragraph = paragraph[: paragraph.index("\n\n")]
     assert "debug" in paragraph and "error" in paragraph and "--log-level" in paragraph
     assert "python -m crowtwist" in readme and "--list-routes" in readme
+
+
+def test_remaining_option_checks_in_process(project: Path) -> None:
+    """Bad --send-buffer-policy and --allowed-origin are one line; --no-tcp-nodelay reaches the app; a factory
+    returning something else than an app is named."""
+    with pytest.raises(SystemExit, match="--send-buffer-policy is 'close' or 'wait', not 'drop'"):
+        parse("m", "--send-buffer-policy", "drop")
+    with pytest.raises(SystemExit, match="--allowed-origin: "):
+        parse("m", "--allowed-origin", "http://a/b")
+    app = Crow()
+    tap.configure(app, parse("m", "--no-tcp-nodelay"))
+    assert app.settings.tcp_nodelay is False
+    (project / "wrongfactory.py").write_text("def make():\n    return 42\n")
+    try:
+        with pytest.raises(tap.LoadError, match=r"^wrongfactory:make is a int, not a Crow app"):
+            tap.load_app("wrongfactory:make")
+    finally:
+        sys.modules.pop("wrongfactory", None)
