@@ -82,6 +82,17 @@ def test_decorated_websocket_handler_and_non_callable_name_the_line() -> None:
     assert str(raised.value) == f"{HERE}:{line_of('NOT CALLABLE')}: onopen handler must be callable, not int"
 
 
+def test_exception_handler_of_wrong_arity_names_the_line() -> None:
+    """app.exception_handler with a handler taking nothing names this line, and says "handler" once."""
+    with pytest.raises(TypeError) as raised:
+        Crow().exception_handler(lambda: None)  # EXCEPTION HANDLER
+    assert str(raised.value) == (
+        f"{HERE}:{line_of('EXCEPTION HANDLER')}: exception handler"
+        " 'test_exception_handler_of_wrong_arity_names_the_line.<locals>.<lambda>' takes 0 positional argument(s);"
+        " exception handler passes 1 to 2"
+    )
+
+
 def test_unclosed_parameter_says_so_at_the_declaring_line() -> None:
     """app.route("/ws/<int") says the '<' is not closed, suggests <int>, and names this line."""
     with pytest.raises(ValueError) as raised:
