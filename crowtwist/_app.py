@@ -672,9 +672,39 @@ class Crow:
         self._warned = True
         if not self._settings.enforce_ws_spec and len(self._websockets):
             log.warn(
-                "accepting unmasked WebSocket client frames, as Crow does by default;"
-                " set enforce_ws_spec=True or CROWTWIST_ENFORCE_WS_SPEC=1 to enforce RFC 6455"
+                "accepting unmasked WebSocket client frames, as Crow does by default; to require masking"
+                " as RFC 6455 does (and silence this), use Crow(enforce_ws_spec=True),"
+                " CROWTWIST_ENFORCE_WS_SPEC=1 in the environment, or twistd crow --enforce-ws-spec"
             )
+
+    def route_table(self) -> list[tuple[str, str, tuple[str, ...], int]]:
+        """Every route served, as ``(pattern, kind, handlers, middleware)`` rows (``twistd crow --list-routes``).
+
+        ``kind`` is the HTTP methods (``"GET, POST"``) or ``"WebSocket"``;
+        ``handlers`` the HTTP handler's name, or the WebSocket events that
+        have one (``onaccept`` ... ``onclose``); ``middleware`` how many run
+        around the route, the app's included.  Static files appear once served.
+        """
+        app_wide = len(self._routes.middlewares)
+        rows: list[tuple[str, str, tuple[str, ...], int]] = []
+        nodes = [self._root]
+        while nodes:
+            node = nodes.pop()
+            # Depth first, static children before typed ones, each in declaration order.
+            nodes.extend(reversed([*node.static.values(), *(child for _, child in node.typed)]))
+            endpoint = node.endpoint
+            if endpoint is None:
+                continue
+            for rule in dict.fromkeys(endpoint.http.values()):
+                name = getattr(rule.func, "__qualname__", type(rule.func).__name__)
+                rows.append((rule.pattern, ", ".join(sorted(rule.methods)), (name,), app_wide + len(rule.middlewares)))
+            ws = endpoint.websocket
+            if ws is not None:
+                events = ("onaccept", "onopen", "onmessage", "onerror", "onclose")
+                handlers = (ws.accept_handler, ws.open_handler, ws.message_handler, ws.error_handler, ws.close_handler)
+                rows.append((ws.pattern, "WebSocket", tuple(e for e, h in zip(events, handlers) if h is not None),
+                             app_wide + len(endpoint.ws_middlewares)))
+        return rows
 
     # Stopping: set by the service's stop (app.service(...), run's SIGTERM/Ctrl-C).
 

@@ -66,14 +66,16 @@ class Handler:
     __slots__ = ("func", "event", "takes", "call")
 
     def __init__(self, func: Callable[..., Any], event: str, required: int, available: int) -> None:
+        # Registered from the user's code (rule.onmessage(...), @rule.onclose): the error names that line.
+        noun = event if event.endswith("handler") else f"{event} handler"
         if not callable(func):
-            raise TypeError(f"{event} handler must be callable, not {type(func).__name__}")
+            raise TypeError(f"{user_location()}: {noun} must be callable, not {type(func).__name__}")
         arity = positional_arity(func)
         if arity is not None and not required <= arity <= available:
             expected = str(required) if required == available else f"{required} to {available}"
             raise TypeError(
-                f"{event} handler {getattr(func, '__qualname__', func)!r} takes {arity} positional"
-                f" argument(s); {event} passes {expected}"
+                f"{user_location()}: {noun} {getattr(func, '__qualname__', func)!r} takes {arity}"
+                f" positional argument(s); {event} passes {expected}"
             )
         self._fit(func, event, available if arity is None else arity, available)
 

@@ -139,6 +139,8 @@ def parse_pattern(pattern: str) -> tuple[Segment, ...]:
     segments: list[Segment] = []
     parts = pattern[1:].split("/")
     for index, part in enumerate(parts):
+        if "<" in part or ">" in part:
+            _check_brackets(pattern, part)
         if part.startswith("<") and part.endswith(">"):
             kind = PARAM_TYPES.get(part[1:-1].strip())
             if kind is None:
@@ -157,6 +159,29 @@ def parse_pattern(pattern: str) -> tuple[Segment, ...]:
         else:
             segments.append(part)
     return tuple(segments)
+
+
+def _check_brackets(pattern: str, part: str) -> None:
+    """Raise ``ValueError`` for a segment whose ``<`` and ``>`` do not pair up, saying which one is amiss."""
+    opened = -1
+    for at, char in enumerate(part):
+        if char == ">":
+            if opened < 0:
+                raise ValueError(f"route pattern {pattern!r}: in segment {part!r}, a '>' closes no '<'")
+            opened = -1
+        elif char == "<":
+            if opened >= 0:
+                break  # a second '<' before the first is closed
+            opened = at
+    if opened >= 0:
+        name = part[opened + 1:].strip()
+        hint = f" (did you mean <{name}>?)" if name in PARAM_TYPES else ""
+        raise ValueError(f"route pattern {pattern!r}: the '<' of segment {part!r} is not closed with '>'{hint}")
+    if part.count("<") > 1:
+        raise ValueError(
+            f"route pattern {pattern!r}: segment {part!r} holds more than one parameter;"
+            " a parameter must be a whole segment"
+        )
 
 
 def path_segments(path: bytes) -> list[str] | None:

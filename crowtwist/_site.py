@@ -325,6 +325,7 @@ class CrowSite(Site):
     protocol = DeadlineChannel  # type: ignore[assignment]  # plain HTTP/1.1: no HTTP/2 to upgrade from
     requestFactory = CrowRequest
     displayTracebacks = False
+    noisy = False  # no "Starting factory <... at 0x...>": twistd crow logs the URLs it serves
 
     def __init__(
         self,

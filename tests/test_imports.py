@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "crowtwist"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("faces", ("crowtwist", "crowtwist.tap", "crowtwist.testing", "crowtwist._testing", "crowtwist.pytest_plugin")),
+    ("faces", ("crowtwist", "crowtwist.tap", "crowtwist.__main__", "crowtwist.testing", "crowtwist._testing",
+               "crowtwist.pytest_plugin")),
     ("app", ("crowtwist._app",)),
     ("resource", ("crowtwist._resource",)),
     ("websocket", ("crowtwist.websocket", "crowtwist.websocket.*")),

@@ -19,6 +19,8 @@ __all__ = ["RuleFactory", "build_factory"]
 class RuleFactory(WebSocketServerFactory):
     """One autobahn factory per WebSocket rule, carrying the rule to its protocols."""
 
+    noisy = False  # no "Starting factory <... at 0x...>" per rule in the log: the start-up lines say what runs
+
     def __init__(self, rule: RouteHandlers) -> None:
         # server=None: the 101 carries no Server header naming autobahn's version.
         WebSocketServerFactory.__init__(self, server=None)

@@ -156,6 +156,11 @@ class _Glue(_Base):
                 max_size=route.effective_max_payload, require_mask=route.settings.enforce_ws_spec
             )
         route.connection_opened(conn)
+        if log.debugging:
+            log.debug(
+                "WebSocket {route} opened by {peer} (subprotocol: {subprotocol})",
+                route=route.pattern, peer=conn.get_remote_ip(), subprotocol=conn.get_subprotocol() or "none",
+            )
         self._events.push(route.open_handler, conn)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -177,6 +182,12 @@ class _Glue(_Base):
             code = CloseCode(code)  # one type for onclose: the enum where the code has a name
         except ValueError:  # 3000-4999, the application's own
             pass
+        if log.debugging:
+            log.debug(
+                "WebSocket {route} of {peer} closed: {code} {reason!r} ({clean})",
+                route=self._route.pattern, peer=conn.get_remote_ip(), code=int(code), reason=reason,
+                clean="clean" if wasClean else "not clean",
+            )
         # A handler still pending (a Deferred that may never fire) must not hold
         # onclose back, and messages still queued are for nobody now.
         self._events.close()
