@@ -15,6 +15,7 @@ from ._version import __version__
 from ._app import Blueprint, Crow, Route
 from ._cookies import CookieParser
 from ._cors import CORSHandler
+from ._log import log_level, set_log_level
 from ._middleware import Middleware
 from ._request import Request
 from ._response import BadRequest, HTTPError, Response, moved, moved_perm, redirect, redirect_perm
@@ -40,8 +41,10 @@ __all__ = [
     "WebSocketRule",
     "__version__",
     "accelerated",
+    "log_level",
     "moved",
     "moved_perm",
     "redirect",
     "redirect_perm",
+    "set_log_level",
 ]

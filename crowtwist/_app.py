@@ -11,7 +11,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 
-from ._log import log
+from ._log import log, log_level
 from ._broker import RedisBroker
 from ._handlers import Handler, user_location
 from ._http import HttpRule
@@ -788,6 +788,7 @@ class Crow:
         from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
 
         level = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+        level.setLogLevelForNamespace("crowtwist", log_level())  # set_log_level("debug") shows there too
         # A worker (this script run again by its parent) writes bare lines; the parent stamps them.
         worker = worker_sockets()
         sink = textFileLogObserver(sys.stderr) if worker is None else worker_observer(sys.stderr)

@@ -61,10 +61,7 @@ class CatchAll:
     __slots__ = ("handler", "where", "_res_only")
 
     def __init__(self, func: Callable[..., Any], where: str) -> None:
-        try:
-            self.handler = Handler(func, "catch-all", 0, 2)
-        except TypeError as error:
-            raise TypeError(f"{where}: {error}") from None
+        self.handler = Handler(func, "catch-all", 0, 2)  # its errors name the declaring line
         self.where = where
         self._res_only = self.handler.takes == 1 and first_takes_response(func)
 

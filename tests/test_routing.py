@@ -28,7 +28,7 @@ def match(root: RouteNode[str], path: str) -> tuple[str, list[object]] | None:
     [
         ("chat", "must start with '/'"),
         ("/chat/<integer>", "unknown parameter type <integer>"),
-        ("/chat/<int", "mixes text and a parameter"),
+        ("/chat/<int", "is not closed with '>'"),
         ("/a/id<int>", "mixes text and a parameter"),
         ("/<path>/x", "<path> must be the last segment"),
     ],
