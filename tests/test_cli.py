@@ -537,7 +537,8 @@ def test_list_routes_prints_the_table_without_listening() -> None:
     assert status == 0, output
     lines = output.splitlines()
     assert lines[0].split() == ["ROUTE", "KIND", "HANDLERS", "MIDDLEWARE"]
-    assert ["/chat", "WebSocket", "onopen,", "onmessage,", "onclose", "0"] in [line.split() for line in lines]
+    assert ["/chat/<string>", "WebSocket", "onaccept,", "onopen,", "onmessage,", "onclose", "0"] in [
+        line.split() for line in lines]
     assert ["/auth/<string>", "WebSocket", "onaccept,", "onopen,", "onmessage", "0"] in [line.split() for line in lines]
     assert not any("unmasked" in line or "starting" in line for line in lines)
 

@@ -128,6 +128,7 @@ def test_chat_recent_messages_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert recent.of("c") and recent.of("d")
 
 
+@pytest.mark.fast_paths("close code")
 @pytest_twisted.inlineCallbacks
 def test_chat_example_refuses_what_it_should_not_trust(serve: Any) -> Iterator[Any]:  # noqa: F811
     """Empty, oversized and malformed messages are answered with an error to the sender alone, a
@@ -173,6 +174,7 @@ def test_chat_example_refuses_what_it_should_not_trust(serve: Any) -> Iterator[A
         ("?name=a%2Fb", "'/'"),
     ],
 )
+@pytest.mark.fast_paths("close code")
 @pytest_twisted.inlineCallbacks
 def test_chat_example_validates_names(serve: Any, query: str, problem: str | None) -> Iterator[Any]:  # noqa: F811
     """A name that is empty, too long or holds controls, format characters or '/' is refused with

@@ -304,6 +304,22 @@ SUITES = [
 ]
 # Every one marked fast_paths, each with what the public paths give up (tests/conftest.py's GIVE_UPS).
 EXPECTED_SKIPS = {
+    "tests.test_examples::test_chat_example_refuses_what_it_should_not_trust[twisted.web]",
+    "tests.test_examples::test_chat_example_refuses_what_it_should_not_trust[crow-site]",
+    "tests.test_examples::test_chat_example_validates_names[twisted.web--a name may not be empty]",
+    "tests.test_examples::test_chat_example_validates_names[twisted.web-?name=%20%20-a name may not be empty]",
+    "tests.test_examples::test_chat_example_validates_names[twisted.web-?name=nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn-at most 32 characters]",
+    "tests.test_examples::test_chat_example_validates_names[twisted.web-?name=a%E2%80%AEb-U+202E]",
+    "tests.test_examples::test_chat_example_validates_names[twisted.web-?name=a%0Ab-None]",
+    "tests.test_examples::test_chat_example_validates_names[twisted.web-?name=a%00b-U+0000]",
+    "tests.test_examples::test_chat_example_validates_names[twisted.web-?name=a%2Fb-'/']",
+    "tests.test_examples::test_chat_example_validates_names[crow-site--a name may not be empty]",
+    "tests.test_examples::test_chat_example_validates_names[crow-site-?name=%20%20-a name may not be empty]",
+    "tests.test_examples::test_chat_example_validates_names[crow-site-?name=nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn-at most 32 characters]",
+    "tests.test_examples::test_chat_example_validates_names[crow-site-?name=a%E2%80%AEb-U+202E]",
+    "tests.test_examples::test_chat_example_validates_names[crow-site-?name=a%0Ab-None]",
+    "tests.test_examples::test_chat_example_validates_names[crow-site-?name=a%00b-U+0000]",
+    "tests.test_examples::test_chat_example_validates_names[crow-site-?name=a%2Fb-'/']",
     "tests.test_broadcast::test_a_compressed_connection_gets_broadcasts_through_its_own_deflate",
     "tests.test_robustness::test_a_failed_connection_delivers_its_replies_and_close_frame[crow-site-bad-utf8-1007]",
     "tests.test_robustness::test_a_failed_connection_delivers_its_replies_and_close_frame[crow-site-rsv-bit-1002]",
