@@ -220,10 +220,9 @@ class Blueprint:
 
     def catchall_route(self) -> Callable[[F], F]:
         """Crow's ``CROW_BP_CATCHALL_ROUTE``: answers 404 and 405 under this prefix (see ``Crow.catchall_route``)."""
-        where = user_location()
 
         def register(func: F) -> F:
-            self._catchall = CatchAll(func, where)
+            self._catchall = CatchAll(func)
             if self.app is not None and self._placed is not None:
                 self.app._routes.catchalls[_static_part(self._placed[0])] = self._catchall
             return func
@@ -368,10 +367,9 @@ class Crow:
         status it replaces (404, or 405 with ``Allow``); it returns what a
         route handler may, or ``None`` to answer with ``res``.
         """
-        where = user_location()
 
         def register(func: F) -> F:
-            self._routes.catchalls[()] = CatchAll(func, where)
+            self._routes.catchalls[()] = CatchAll(func)
             return func
 
         return register

@@ -149,7 +149,7 @@ def _annotation_clash(func: Callable[..., Any], types: Sequence[ParamType], take
 class HttpRule:
     """A plain HTTP route's handler, fitted to its pattern, and the methods it answers."""
 
-    __slots__ = ("pattern", "methods", "func", "shape", "middlewares", "where")
+    __slots__ = ("pattern", "methods", "func", "shape", "middlewares")
 
     def __init__(
         self,
@@ -186,7 +186,6 @@ class HttpRule:
             self.shape = _RES  # Crow's (response&, params...)
         self.middlewares = middlewares
         """The middleware run around this rule beside the app's: its blueprints', then its own."""
-        self.where = where
 
     def __repr__(self) -> str:
         return f"<HttpRule {self.pattern!r} {sorted(self.methods)}>"

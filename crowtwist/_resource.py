@@ -58,11 +58,10 @@ class CatchAll:
     A lone parameter named ``res`` (or annotated ``Response``) is given the response.
     """
 
-    __slots__ = ("handler", "where", "_res_only")
+    __slots__ = ("handler", "_res_only")
 
-    def __init__(self, func: Callable[..., Any], where: str) -> None:
+    def __init__(self, func: Callable[..., Any]) -> None:
         self.handler = Handler(func, "catch-all", 0, 2)  # its errors name the declaring line
-        self.where = where
         self._res_only = self.handler.takes == 1 and first_takes_response(func)
 
     def __call__(self, req: Any, res: Response) -> Any:
