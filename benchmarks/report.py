@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -187,7 +188,8 @@ def table(records: list[Record], candidates: list[str]) -> str:
                   + "; ".join(f"`{server}` {desc}" for server, desc in tls.items()) + "."]
     commands: dict[str, str] = {}
     for record in records:
-        commands.setdefault(record["workload"], str(record.get("wsload", "")))
+        # the port changes with every run: leave it out
+        commands.setdefault(record["workload"], re.sub(r"-p \d+ ", "", str(record.get("wsload", ""))))
     lines += ["", "wsload runs: " + "; ".join(f"`{w}`: `wsload {c}`" for w, c in commands.items()) + "."]
     return "\n".join(lines)
 
