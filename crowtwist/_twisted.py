@@ -492,7 +492,7 @@ def _private_tls_writer(transport: object) -> Callable[[bytes], None] | None:
     flush = getattr(aggregator, "flush", None)
     if flush is None:
         return None
-    write = TLSMemoryBIOProtocol.write
+    write: Callable[[Any, bytes], object] = TLSMemoryBIOProtocol.write  # (unannotated in Twisted)
 
     def tls_write(data: bytes) -> None:
         flush()  # (nothing to do, and cheap, unless something was written outside a read)
