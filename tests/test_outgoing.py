@@ -217,14 +217,10 @@ def test_over_twisted_tls_a_cork_is_encrypted_at_once_in_one_write(monkeypatch: 
     from crowtwist.websocket import _outgoing
 
     encrypted: list[bytes] = []
-    lower = FakeTCP(FakeSocket())
-    lower.bufferSize = 64 * 1024
     transport = FakeTLS()
-    setattr(transport, "transport", lower)
     monkeypatch.setattr(_outgoing, "tls_writer", lambda t: encrypted.append if t is transport else None)
     out, changes, _ = flow(transport)
     assert transport.streaming is True and not out.direct
-    assert lower.bufferSize == HIGH_WATER  # the TCP connection under TLS reads 256 KiB at a time
     out.write(b"outside a read")
     assert transport.buffer == [b"outside a read"] and encrypted == []
     assert out.cork()

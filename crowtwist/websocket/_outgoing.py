@@ -114,11 +114,6 @@ class Outgoing:
             if fresh:
                 self._socket = transport.getHandle()
         else:
-            lower = getattr(transport, "transport", None)
-            if self._tls_write is not None and isinstance(lower, tcp.Connection):
-                # Under TLS, the TCP connection's reads: 64 KiB took a 64 KiB message
-                # (and its TLS records) in two.  Its write buffer's mark rises alike.
-                lower.bufferSize = HIGH_WATER
             transport.registerProducer(self, True)
 
     def after_handshake(self) -> None:
