@@ -430,3 +430,84 @@ def _public_forget_exit_signal(reactor: object) -> None:
 
 forget_exit_signal = _public_forget_exit_signal if PUBLIC else _private_forget_exit_signal
 """``forget_exit_signal(reactor)``: after a clean stop on a signal, let twistd exit 0, not by the signal."""
+
+
+# --- Outgoing over TLS (issue 17, perf-out): one SSL_write per read's replies, now. ---
+#
+# Twisted's TLS transport (twisted.protocols.tls.BufferingTLSTransport, the
+# protocol of TLSMemoryBIOFactory) gathers small writes in a private
+# _AggregateSmallWrites (its ``_aggregator``) and encrypts them from a
+# callLater(0): a timed call per connection per reactor turn.  The replies of
+# one read are corked by ``Outgoing`` already, so they can be encrypted at
+# once by TLSMemoryBIOProtocol.write (public), after whatever the aggregator
+# holds (the 101, frames written outside a read), which keeps the order.
+# Private: BufferingTLSTransport._aggregator (an instance attribute set in
+# __init__) and its flush(); checked in Twisted 26.4.0 to 26.10.0.
+# Public fallback: no writer, and corked replies go through transport.write.
+
+__all__ += ["TLS_NAMES", "tls_writer"]
+
+TLS_NAMES = ("BufferingTLSTransport._aggregator.flush",)
+"""The private names the TLS writer uses (not in NAMES: checked lazily, TLS being an extra)."""
+
+_tls_checked: list[bool] = []
+
+
+def _tls_names_present() -> bool:
+    """Whether Twisted's TLS transport has the aggregator the writer flushes (checked once)."""
+    if not _tls_checked:
+        try:
+            from twisted.protocols import tls
+        except ImportError:  # no pyOpenSSL: there is no TLS transport to write to
+            _tls_checked.append(False)
+            return False
+        buffering = getattr(tls, "BufferingTLSTransport", None)
+        aggregate = getattr(tls, "_AggregateSmallWrites", None)
+        ok = (
+            isinstance(buffering, type)
+            and issubclass(buffering, tls.TLSMemoryBIOProtocol)
+            and "_aggregator" in getattr(buffering, "__annotations__", {})
+            and callable(getattr(aggregate, "flush", None))
+            and callable(getattr(tls.TLSMemoryBIOProtocol, "write", None))
+        )
+        if not ok and not PUBLIC:
+            log.warn(
+                "Twisted internals {names} missing or changed in Twisted {version}:"
+                " WebSocket replies over TLS take Twisted's public path (slower)",
+                names=", ".join(TLS_NAMES),
+                version=twisted.__version__,
+            )
+        _tls_checked.append(ok)
+    return _tls_checked[0]
+
+
+def _private_tls_writer(transport: object) -> Callable[[bytes], None] | None:
+    if not _tls_names_present():
+        return None
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    if not isinstance(transport, TLSMemoryBIOProtocol):
+        return None
+    aggregator = vars(transport).get("_aggregator")
+    flush = getattr(aggregator, "flush", None)
+    if flush is None:
+        return None
+    write: Callable[[Any, bytes], object] = TLSMemoryBIOProtocol.write  # (unannotated in Twisted)
+
+    def tls_write(data: bytes) -> None:
+        flush()  # (nothing to do, and cheap, unless something was written outside a read)
+        write(transport, data)
+
+    return tls_write
+
+
+def _public_tls_writer(transport: object) -> Callable[[bytes], None] | None:
+    return None
+
+
+def tls_writer(transport: object) -> Callable[[bytes], None] | None:
+    """A function that encrypts and sends bytes on ``transport`` now, in order; None if not a TLS transport we know.
+
+    None also on the public paths: callers write to the transport as usual.
+    """
+    return (_public_tls_writer if PUBLIC else _private_tls_writer)(transport)

@@ -210,3 +210,42 @@ def test_a_stopped_transport_leaves_nothing_owed() -> None:
     out.write(b"x" * (HIGH_WATER + 10))
     out.stopProducing()
     assert out.writable and not out.behind and changes == [False, True]
+
+
+def test_over_twisted_tls_a_cork_is_encrypted_at_once_in_one_write(monkeypatch: Any) -> None:
+    """With a TLS writer, a read's replies go out in one call to it; frames outside a read go to the transport."""
+    from crowtwist.websocket import _outgoing
+
+    encrypted: list[bytes] = []
+    transport = FakeTLS()
+    monkeypatch.setattr(_outgoing, "tls_writer", lambda t: encrypted.append if t is transport else None)
+    out, changes, _ = flow(transport)
+    assert transport.streaming is True and not out.direct
+    out.write(b"outside a read")
+    assert transport.buffer == [b"outside a read"] and encrypted == []
+    assert out.cork()
+    out.write(b"a")
+    out.write(b"b", b"c")
+    assert encrypted == [] and out.held == 3
+    out.release()
+    assert encrypted == [b"abc"] and out.held == 0
+    # Paused by the transport: a cork's frames wait in the backlog, in order, as any frame does.
+    out.pauseProducing()
+    assert out.cork()
+    out.write(b"d")
+    out.release()
+    assert encrypted == [b"abc"] and transport.buffer == [b"outside a read"]
+    out.resumeProducing()
+    assert transport.buffer == [b"outside a read", b"d"] and changes == [False, True]
+
+
+def test_without_a_tls_writer_nothing_is_corked_over_tls(monkeypatch: Any) -> None:
+    """The public fallback: no writer, no cork, frames to the transport as they come."""
+    from crowtwist.websocket import _outgoing
+
+    monkeypatch.setattr(_outgoing, "tls_writer", lambda t: None)
+    transport = FakeTLS()
+    out, _, _ = flow(transport)
+    assert not out.cork()
+    out.write(b"a")
+    assert transport.buffer == [b"a"]

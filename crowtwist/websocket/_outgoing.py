@@ -7,7 +7,9 @@ backlog until the transport has drained, so order is kept.  Over TLS (or any
 other transport) frames go to the transport, and wait in the backlog while it
 is over its high-water mark.  The frames written while one read is handled
 can be corked and sent together at its end (``_coalesce`` may hold them to
-the end of a busy reactor turn).
+the end of a busy reactor turn): on plain TCP in one send, over Twisted's
+TLS in one ``SSL_write`` made at once (``_twisted.tls_writer``), not from the
+timed call with which Twisted gathers a turn's small TLS writes.
 
 ``writable`` is what ``Connection.drained()`` waits on: true while at most a
 high-water mark's worth waits to go out.  ``max_send_buffer`` bounds the
@@ -26,6 +28,8 @@ from collections.abc import Callable
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from zope.interface import implementer
+
+from .._twisted import tls_writer
 
 __all__ = ["HIGH_WATER", "HOLD_BELOW", "Outgoing"]
 
@@ -53,6 +57,7 @@ class Outgoing:
         "_on_over_limit",
         "_limit",
         "_pull",
+        "_tls_write",
         "_socket",
         "_backlog",
         "_backlog_size",
@@ -79,6 +84,8 @@ class Outgoing:
         self._on_over_limit = on_over_limit
         self._pull = direct and isinstance(transport, tcp.Connection)
         """Plain TCP: the transport tells us only when its buffer is empty (a pull producer)."""
+        self._tls_write = tls_writer(transport) if direct and not self._pull else None
+        """Over Twisted's TLS: encrypts and sends a cork's frames now, after what Twisted holds."""
         self._socket: socket.socket | None = None
         self._backlog: deque[bytes] | None = None
         self._backlog_size = 0
@@ -173,8 +180,8 @@ class Outgoing:
         return True
 
     def cork(self) -> bool:
-        """Hold what is written until ``release()``; False when already corked (or not direct)."""
-        if self._socket is None or self._cork is not None:
+        """Hold what is written until ``release()``; False when already corked (or not direct, nor TLS)."""
+        if (self._socket is None and self._tls_write is None) or self._cork is not None:
             return False
         self._cork = []
         return True
@@ -199,6 +206,9 @@ class Outgoing:
         self._cork_size = 0
         if self._paused or self._backlog:
             self._hold_back(b"".join(parts))
+        elif self._socket is None and self._tls_write is not None and not self._transport.disconnecting:
+            # One SSL_write (16 KiB records) for all of them; the transport may pause us meanwhile.
+            self._tls_write(parts[0] if len(parts) == 1 else b"".join(parts))
         else:
             self._send_out(parts, size)
 
