@@ -32,9 +32,10 @@ from ._autobahn import FAST, FastProtocol
 from ._close import CloseCode
 from ._coalesce import Coalescer
 from ._connection import Connection, detach, notify_closed, set_writable
+from ._deflate import DeflateCodec, frame_bound
 from ._dispatch import EventQueue
 from ._extensions import deflate_acceptor, offered_client_bits
-from ._encoding import data_header
+from ._encoding import compressed_header, data_header
 from ._frames import Frame, FrameParser, Opcode, ProtocolError
 from ._messages import MessageAssembler
 from ._outgoing import HOLD_BELOW, Outgoing
@@ -71,6 +72,10 @@ class _Glue(_Base):
     _assembler: MessageAssembler | None = None
     _max_payload: int | None = None
     _out: Outgoing | None = None
+    _deflate: DeflateCodec | None = None
+    """permessage-deflate on crowtwist's parser: this connection's inflater and deflater."""
+    _inflating = False
+    """A compressed message has begun and its last frame is still to come."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,7 +134,12 @@ class _Glue(_Base):
         """This connection's bound on an incoming message, from the next message on."""
         self._max_payload = size
         if self._parser is not None:
-            self._parser.max_size = size
+            deflate = self._deflate
+            if deflate is None:
+                self._parser.max_size = size
+            else:
+                deflate.max_size = size
+                self._parser.max_size = frame_bound(size)
         else:
             # autobahn's frame machinery (compressed or public paths) checks its protocol
             # option per frame; the deflate decompressor keeps the bound it was made with.
@@ -155,6 +165,14 @@ class _Glue(_Base):
             self._parser = FrameParser(
                 max_size=route.effective_max_payload, require_mask=route.settings.enforce_ws_spec
             )
+        else:
+            deflate_params = self.deflate_params()
+            if deflate_params is not None:
+                # permessage-deflate on our parser: RSV1 is allowed (on a message's first frame; _frame checks).
+                self._deflate = DeflateCodec(deflate_params, max_size=self._max_payload)
+                self._parser = FrameParser(
+                    max_size=frame_bound(self._max_payload), require_mask=route.settings.enforce_ws_spec, allowed_rsv=4
+                )
         route.connection_opened(conn)
         if log.debugging:
             log.debug(
@@ -203,6 +221,11 @@ class _Glue(_Base):
         """Send one message; the caller has checked that the connection is open."""
         out = self._out
         if self._parser is not None and out is not None:
+            deflate = self._deflate
+            if deflate is not None and len(payload) >= deflate.min_size:
+                body = deflate.compress(payload)
+                out.write(compressed_header(is_binary, len(body)), body)
+                return
             # Without an extension a frame is one unmasked header and the payload.
             length = len(payload)
             if length < 126:
@@ -229,7 +252,7 @@ class _Glue(_Base):
         # (a frame larger than the bound alone goes to a peer that is not behind)
         if limit is not None and waiting and waiting + len(frame) > limit:
             return False
-        if self._parser is not None:
+        if self._parser is not None and (self._deflate is None or len(payload) < self._deflate.min_size):
             out.write(frame)
         else:  # compressed, or autobahn's public paths: each connection frames its own
             self.send_message(payload, is_binary)
@@ -318,11 +341,30 @@ class _Glue(_Base):
         elif opcode == Opcode.PONG:
             self.pong_received(payload)
         else:
-            # Fragments, or a message arriving after our close frame: delivered.
+            # Fragments, or a message arriving after our close frame, or a compressed message: delivered.
             assembler = self._assembler
+            deflate = self._deflate
+            rsv = (first >> 4) & 7
+            if deflate is not None and (rsv or self._inflating):
+                if first == 0xC1 or first == 0xC2:
+                    if assembler is None or not assembler.in_message:
+                        # A whole compressed message in one frame, as nearly every one is.
+                        data = deflate.inflate_message(payload)
+                        if first == 0xC1:
+                            try:
+                                message: str | bytes = data.decode("utf-8")
+                            except UnicodeDecodeError:
+                                raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        else:
+                            message = data
+                        handler = self._route.message_handler
+                        if handler is not None:
+                            self._events.push_message(handler, len(data), self.conn, message, first == 0xC2)
+                        return True
+                payload, rsv = self._inflate(deflate, opcode, payload, first > 0x7F, rsv, assembler)
             if assembler is None:
                 assembler = self._assembler = MessageAssembler(max_size=self._max_payload)
-            done = assembler.add(Frame(opcode, payload, first > 0x7F, (first >> 4) & 7))
+            done = assembler.add(Frame(opcode, payload, first > 0x7F, rsv))
             if done is not None:
                 self._assembler = None
                 message, is_binary = done
@@ -330,6 +372,27 @@ class _Glue(_Base):
                 if handler is not None:
                     self._events.push_message(handler, len(message), self.conn, message, is_binary)
         return True
+
+    def _inflate(
+        self, deflate: DeflateCodec, opcode: int, payload: bytes, fin: bool, rsv: int,
+        assembler: MessageAssembler | None,
+    ) -> tuple[bytes, int]:
+        """A frame of a compressed message inflated, and the RSV bits left for the assembler."""
+        if rsv:
+            # (RFC 7692 6.1: RSV1 marks a message's first frame only)
+            if not opcode:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame with RSV1 set")
+            if assembler is not None and assembler.in_message:
+                # A new message inside a fragmented one: the assembler says so (1002).
+                return payload, rsv & 3
+            deflate.start()
+            self._inflating = True
+        elif opcode:
+            # An uncompressed message inside a compressed one: the assembler says so (1002).
+            return payload, 0
+        if fin:
+            self._inflating = False
+        return deflate.inflate(payload, fin), rsv & 3
 
     def _fail(self, error: ProtocolError) -> None:
         # RFC 6455 7.1.7: no more data is processed from a peer whose
