@@ -84,7 +84,8 @@ class DeflateCodec:
     ``max_size``, 1007 for data that is not deflate.
 
     Sending: ``compress(message)`` is a whole message's payload, for one
-    frame with RSV1 set.
+    frame with RSV1 set.  ``keep_context=False`` compresses each message
+    alone even where the peer allows context takeover (the memory-saving mode).
 
     A side with context takeover keeps its zlib object between messages
     (the inflater's window is ``1 << bits`` bytes, the deflater's state about
@@ -113,6 +114,7 @@ class DeflateCodec:
         is_server: bool = True,
         level: int = LEVEL,
         min_size: int = MIN_SIZE,
+        keep_context: bool = True,
     ) -> None:
         if is_server:
             in_keep, in_bits = not params.client_no_context_takeover, params.client_max_window_bits
@@ -125,7 +127,9 @@ class DeflateCodec:
                 raise ValueError(f"window bits {bits} not in 8..15")
         self._in_keep = in_keep
         self._in_bits = -_bits(in_bits)
-        self._out_keep = out_keep
+        # Compressing each message alone is always allowed (the peer's inflater
+        # cannot tell): keep_context=False drops the deflater between messages.
+        self._out_keep = out_keep and keep_context
         self._out_bits = -_bits(out_bits)
         self._inflater: Any = None
         self._deflater: Any = None
@@ -193,9 +197,29 @@ class DeflateCodec:
         return ProtocolError(CloseCode.INVALID_DATA, message)
 
     def inflate_message(self, data: bytes) -> bytes:
-        """A whole compressed message, from one frame."""
-        self.start()
-        return self.inflate(data, True)
+        """A whole compressed message, from one frame (``start`` and ``inflate`` in one, for the common case)."""
+        inflater = self._inflater
+        if inflater is None:
+            inflater = self._inflater = zlib.decompressobj(self._in_bits)
+        self._size = 0
+        limit = self._limit
+        try:
+            if limit == _NO_LIMIT:
+                out = inflater.decompress(data + TAIL)
+            else:
+                out = inflater.decompress(data + TAIL, limit + 1)
+        except zlib.error as error:
+            raise self._corrupt(f"invalid permessage-deflate data: {error}") from None
+        if len(out) > limit:
+            self._inflater = None
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message inflates past the limit of {limit} bytes")
+        if inflater.eof:
+            if inflater.unused_data != TAIL:
+                raise self._corrupt("data after the final deflate block")
+            self._inflater = None
+        elif not self._in_keep:
+            self._inflater = None
+        return out
 
     # Sending.
 

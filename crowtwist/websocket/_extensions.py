@@ -13,6 +13,7 @@ __all__ = [
     "deflate_acceptor",
     "extension_error",
     "offered_client_bits",
+    "offered_acceptor",
     "parse_offers",
 ]
 
@@ -209,3 +210,20 @@ def offered_client_bits(extensions: Sequence[tuple[str, dict[str, list[object]]]
                 return int(value)
             return 0
     return 0
+
+
+def offered_acceptor(
+    extensions: Sequence[tuple[str, dict[str, list[object]]]], max_payload: int | None, context_takeover: bool = True
+) -> Callable[[Sequence[object]], object]:
+    """``deflate_acceptor`` for a request's parsed ``Sec-WebSocket-Extensions`` (autobahn's form).
+
+    A client that offers ``client_no_context_takeover`` has said it will
+    compress each message alone anyway; agreeing costs no ratio and lets our
+    inflater go between messages, so it is agreed whatever ``context_takeover`` says.
+    """
+    hinted = False
+    for name, params in extensions:
+        if name == PERMESSAGE_DEFLATE:
+            hinted = "client_no_context_takeover" in params
+            break
+    return deflate_acceptor(max_payload, offered_client_bits(extensions), context_takeover and not hinted)

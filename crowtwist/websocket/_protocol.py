@@ -34,7 +34,7 @@ from ._coalesce import Coalescer
 from ._connection import Connection, detach, notify_closed, set_writable
 from ._deflate import DeflateCodec, frame_bound
 from ._dispatch import EventQueue
-from ._extensions import deflate_acceptor, offered_client_bits
+from ._extensions import offered_acceptor
 from ._encoding import compressed_header, data_header
 from ._frames import Frame, FrameParser, Opcode, ProtocolError
 from ._messages import MessageAssembler
@@ -119,7 +119,7 @@ class _Glue(_Base):
         max_payload = route.effective_max_payload
 
         def accept(offers: Sequence[Any]) -> Any:
-            return deflate_acceptor(max_payload, offered_client_bits(offers))
+            return offered_acceptor(offers, max_payload, route.settings.compression_context_takeover)
 
         self.complete_handshake(
             key, offered_protocols, extensions, subprotocol, path, accept if route.effective_compression else None
@@ -169,7 +169,9 @@ class _Glue(_Base):
             deflate_params = self.deflate_params()
             if deflate_params is not None:
                 # permessage-deflate on our parser: RSV1 is allowed (on a message's first frame; _frame checks).
-                self._deflate = DeflateCodec(deflate_params, max_size=self._max_payload)
+                self._deflate = DeflateCodec(
+                    deflate_params, max_size=self._max_payload, keep_context=route.settings.compression_context_takeover
+                )
                 self._parser = FrameParser(
                     max_size=frame_bound(self._max_payload), require_mask=route.settings.enforce_ws_spec, allowed_rsv=4
                 )
@@ -296,6 +298,7 @@ class _Glue(_Base):
         events = self._events
         handler = self._route.message_handler
         conn = self.conn
+        deflate = self._deflate
         batch = self._unread
         if batch is not None:
             self._unread = None
@@ -321,6 +324,18 @@ class _Glue(_Base):
                             message = payload
                         if handler is not None:
                             events.push_message(handler, len(payload), conn, message, first == 0x82)
+                    elif (first == 0xC1 or first == 0xC2) and deflate is not None and self._assembler is None:
+                        # A whole compressed message, as nearly every compressed one is.
+                        data = deflate.inflate_message(payload)
+                        if first == 0xC1:
+                            try:
+                                message = data.decode("utf-8")
+                            except UnicodeDecodeError:
+                                raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        else:
+                            message = data
+                        if handler is not None:
+                            events.push_message(handler, len(data), conn, message, first == 0xC2)
                     elif not self._frame(first, payload):
                         return
                 if not parser.buffered:
@@ -346,21 +361,7 @@ class _Glue(_Base):
             deflate = self._deflate
             rsv = (first >> 4) & 7
             if deflate is not None and (rsv or self._inflating):
-                if first == 0xC1 or first == 0xC2:
-                    if assembler is None or not assembler.in_message:
-                        # A whole compressed message in one frame, as nearly every one is.
-                        data = deflate.inflate_message(payload)
-                        if first == 0xC1:
-                            try:
-                                message: str | bytes = data.decode("utf-8")
-                            except UnicodeDecodeError:
-                                raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
-                        else:
-                            message = data
-                        handler = self._route.message_handler
-                        if handler is not None:
-                            self._events.push_message(handler, len(data), self.conn, message, first == 0xC2)
-                        return True
+                # (a whole compressed message outside a fragmented one is _parse's)
                 payload, rsv = self._inflate(deflate, opcode, payload, first > 0x7F, rsv, assembler)
             if assembler is None:
                 assembler = self._assembler = MessageAssembler(max_size=self._max_payload)
