@@ -25,7 +25,6 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 from crowtwist import Crow
-from crowtwist.websocket import _protocol
 from crowtwist.websocket._autobahn import _guard
 from crowtwist.websocket._deflate import TAIL, DeflateCodec, DeflateParams, frame_bound
 from crowtwist.websocket._extensions import offered_acceptor

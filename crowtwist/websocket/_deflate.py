@@ -40,9 +40,6 @@ LEVEL = 1
 MEM_LEVEL = 8
 """zlib's default: a 64 KiB hash table (``1 << (mem_level + 7)`` entries of 2 bytes) and a 64 KiB pending buffer."""
 
-MIN_SIZE = 0
-"""Outgoing messages shorter than this go uncompressed (RSV1 clear, which RFC 7692 6 allows)."""
-
 
 class DeflateParams(NamedTuple):
     """What a permessage-deflate handshake agreed, from the server's side.
@@ -103,7 +100,6 @@ class DeflateCodec:
         "_limit",
         "_size",
         "level",
-        "min_size",
     )
 
     def __init__(
@@ -113,7 +109,6 @@ class DeflateCodec:
         max_size: int | None = None,
         is_server: bool = True,
         level: int = LEVEL,
-        min_size: int = MIN_SIZE,
         keep_context: bool = True,
     ) -> None:
         if is_server:
@@ -136,8 +131,6 @@ class DeflateCodec:
         self._limit = _NO_LIMIT if max_size is None else max_size
         self._size = 0
         self.level = level
-        self.min_size = min_size
-        """Messages shorter than this are better sent uncompressed (``compress`` does not look)."""
 
     @property
     def max_size(self) -> int | None:
@@ -203,6 +196,7 @@ class DeflateCodec:
             inflater = self._inflater = zlib.decompressobj(self._in_bits)
         self._size = 0
         limit = self._limit
+        out: bytes
         try:
             if limit == _NO_LIMIT:
                 out = inflater.decompress(data + TAIL)
@@ -230,6 +224,6 @@ class DeflateCodec:
             deflater = zlib.compressobj(self.level, zlib.DEFLATED, self._out_bits, MEM_LEVEL)
             if self._out_keep:
                 self._deflater = deflater
-        data = deflater.compress(message) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        data: bytes = deflater.compress(message) + deflater.flush(zlib.Z_SYNC_FLUSH)
         # (ends in TAIL: a sync flush always writes the empty stored block)
         return data[:-4]
