@@ -446,3 +446,15 @@ def test_own_context_dropped_without_asking() -> None:
     first, second = server.compress(message), server.compress(message)
     assert first == second
     assert client_inflate(first, inflater=inflater) == client_inflate(second, inflater=inflater) == message
+
+
+def test_bound_lowered_mid_message() -> None:
+    """A bound lowered below what a message has inflated to already fails it at its next frame."""
+    data = client_deflate(b"a" * 3000)
+    server = DeflateCodec(max_size=10_000)
+    server.start()
+    server.inflate(data[:10], False)
+    server.max_size = 1
+    with pytest.raises(ProtocolError) as raised:
+        server.inflate(data[10:], True)
+    assert raised.value.code == 1009

@@ -154,7 +154,8 @@ class DeflateCodec:
         inflater = self._inflater
         if inflater is None:
             raise RuntimeError("inflate() before start()")
-        budget = self._limit - self._size
+        # (below zero when the bound was lowered mid-message: zlib's max_length must stay positive)
+        budget = max(self._limit - self._size, 0)
         if inflater.eof:
             # A block with BFINAL set ended the stream earlier in this message
             # (RFC 7692 7.2.3.4): nothing but the tail may follow it.
