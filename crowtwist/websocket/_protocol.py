@@ -167,7 +167,7 @@ class _Glue(_Base):
             self._parser = FrameParser(
                 max_size=route.effective_max_payload, require_mask=route.settings.enforce_ws_spec
             )
-        else:
+        elif self.plain_sends_allowed():  # (on autobahn's public paths, autobahn's own deflate)
             deflate_params = self.deflate_params()
             if deflate_params is not None:
                 # permessage-deflate on our parser: RSV1 is allowed (on a message's first frame; _frame checks).
@@ -230,7 +230,11 @@ class _Glue(_Base):
                 # Every message, small ones too: with context takeover a repeated
                 # 64-byte message deflates to 4 bytes, for about 1 µs of zlib.
                 body = deflate.compress(payload)
-                out.write(compressed_header(is_binary, len(body)), body)
+                length = len(body)
+                if length < 126:
+                    out.write(bytes((0xC2 if is_binary else 0xC1, length)) + body)
+                else:
+                    out.write(compressed_header(is_binary, length), body)
                 return
             # Without an extension a frame is one unmasked header and the payload.
             length = len(payload)
