@@ -458,3 +458,30 @@ def test_bound_lowered_mid_message() -> None:
     with pytest.raises(ProtocolError) as raised:
         server.inflate(data[10:], True)
     assert raised.value.code == 1009
+
+
+@pytest.mark.fast_paths("compression")
+@given(
+    st.lists(st.tuples(st.text(max_size=300), st.integers(1, 4)), min_size=1, max_size=4),
+    st.lists(st.integers(1, 50), min_size=1, max_size=20),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_split_of_compressed_fragments(messages: list[tuple[str, int]], reads: list[int]) -> None:
+    """Compressed text messages in any number of fragments, read in pieces of any size, echo back whole."""
+    client = DeflateClient(echo_app())
+    wire = b""
+    for text, pieces in messages:
+        data = client_deflate(text.encode(), deflater=client.deflater)
+        size = -(-len(data) // pieces) or 1
+        chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+        for index, chunk in enumerate(chunks):
+            wire += F.encode(F.TEXT if index == 0 else F.CONT, chunk, fin=index == len(chunks) - 1,
+                             rsv=4 if index == 0 else 0)
+    pos = 0
+    turn = 0
+    while pos < len(wire):
+        step = reads[turn % len(reads)]
+        client.protocol.dataReceived(wire[pos : pos + step])
+        pos += step
+        turn += 1
+    assert [message.decode() for _, message in client.replies()] == [text for text, _ in messages]
