@@ -82,7 +82,9 @@ def payload(size: int) -> str:
     return text[:size]
 
 
-async def run_load(port: int, size: int, conns: int, inflight: int, seconds: float) -> tuple[float, str, int]:
+async def run_load(
+    port: int, size: int, conns: int, inflight: int, seconds: float, compression: str | None = "deflate"
+) -> tuple[float, str, int]:
     message = payload(size)
     done = 0
     stop = time.monotonic() + seconds
@@ -90,7 +92,7 @@ async def run_load(port: int, size: int, conns: int, inflight: int, seconds: flo
 
     async def one() -> None:
         nonlocal done, extension
-        async with websockets.connect(f"ws://127.0.0.1:{port}/echo", max_size=None) as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/echo", max_size=None, compression=compression) as ws:
             extension = ws.response.headers.get("Sec-WebSocket-Extensions", "")
             for _ in range(inflight):
                 await ws.send(message)
@@ -118,7 +120,9 @@ def measure(name: str, server: tuple[str, Path], size: int, args: argparse.Names
     try:
         wait_tcp(port, 20)
         before = cpu_seconds(process.pid)
-        rate, extension, messages = asyncio.run(run_load(port, size, args.conns, args.inflight, args.duration))
+        rate, extension, messages = asyncio.run(
+            run_load(port, size, args.conns, args.inflight, args.duration, None if args.plain else "deflate")
+        )
         used = cpu_seconds(process.pid) - before
         return rate, used / max(messages, 1) * 1e6, extension
     finally:
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=4)
     parser.add_argument("--baseline", action="append", default=[], help="another crowtwist tree to serve")
     parser.add_argument("--sizes", default="1024,65536")
+    parser.add_argument("--plain", action="store_true", help="offer no compression: the same load uncompressed")
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})
     table = servers(sys.executable, args.baseline)
