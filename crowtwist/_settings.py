@@ -68,6 +68,10 @@ class Settings:
     """Bound on a whole incoming message after decompression; ``None`` lifts it."""
     compression: bool = True
     """Accept permessage-deflate when the client offers it."""
+    compression_context_takeover: bool = True
+    """With permessage-deflate, let the client keep its compression context between messages
+    (better ratio; our inflater keeps its 32 KiB window).  ``False`` asks for
+    ``client_no_context_takeover``: each message inflated alone, no window held between them."""
     allow_null_origin: bool = False
     """Where an origin list is in force, also accept ``Origin: null`` (as naming ``"null"`` in it does).
 

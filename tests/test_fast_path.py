@@ -97,11 +97,13 @@ def test_failures_on_the_fast_path_are_autobahns() -> None:
 
 
 @pytest.mark.fast_paths("fast path")
-def test_compressed_connections_take_the_general_path() -> None:
-    """With permessage-deflate negotiated the fast paths stand aside."""
+def test_compressed_connections_take_crowtwists_parser() -> None:
+    """With permessage-deflate negotiated, crowtwist's parser and its deflate codec serve the connection
+    (tests/test_deflate.py has the rest, autobahn's path when the deflate guard fails included)."""
     app, _ = echo_app()
     client = MemoryClient(app, "/ws", {"Sec-WebSocket-Extensions": "permessage-deflate"})
-    assert client.protocol.plain is False and client.protocol._parser is None
+    assert client.protocol.plain is False
+    assert client.protocol._parser is not None and client.protocol._deflate is not None
     plain = MemoryClient(app, "/ws")
     assert plain.protocol.plain is True and plain.protocol._parser is not None
 

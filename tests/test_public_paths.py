@@ -347,7 +347,7 @@ EXPECTED_SKIPS = {
     "tests.test_end_to_end::test_tcp_drop_is_1006_and_others_carry_on[twisted.web]",
     "tests.test_end_to_end::test_websockets_client_subprotocol_and_compression[crow-site]",
     "tests.test_end_to_end::test_websockets_client_subprotocol_and_compression[twisted.web]",
-    "tests.test_fast_path::test_compressed_connections_take_the_general_path",
+    "tests.test_fast_path::test_compressed_connections_take_crowtwists_parser",
     "tests.test_fast_path::test_connections_start_with_autobahns_state",
     "tests.test_fast_path::test_large_frames_stay_on_the_fast_path[C]",
     "tests.test_fast_path::test_large_frames_stay_on_the_fast_path[python]",

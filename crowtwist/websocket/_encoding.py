@@ -12,7 +12,7 @@ import struct
 from ._frames import Opcode
 from ._masking import unmask
 
-__all__ = ["data_header", "encode_frame", "frame_header"]
+__all__ = ["compressed_header", "data_header", "encode_frame", "frame_header"]
 
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
@@ -70,6 +70,16 @@ def data_header(is_binary: bool, length: int) -> bytes:
     ``frame_header`` with its options fixed, for the per-message send path.
     """
     first = 0x82 if is_binary else 0x81
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return _HEADER_16.pack(first, 126, length)
+    return _HEADER_64.pack(first, 127, length)
+
+
+def compressed_header(is_binary: bool, length: int) -> bytes:
+    """``data_header`` with RSV1 set: a whole permessage-deflate message of ``length`` compressed bytes."""
+    first = 0xC2 if is_binary else 0xC1
     if length < 126:
         return bytes((first, length))
     if length < 65536:

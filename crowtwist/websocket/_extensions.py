@@ -13,6 +13,7 @@ __all__ = [
     "deflate_acceptor",
     "extension_error",
     "offered_client_bits",
+    "offered_acceptor",
     "parse_offers",
 ]
 
@@ -20,13 +21,20 @@ PERMESSAGE_DEFLATE = "permessage-deflate"
 
 
 def deflate_acceptor(
-    max_payload: int | None, client_bits: int = 0
+    max_payload: int | None, client_bits: int = 0, context_takeover: bool = True
 ) -> Callable[[Sequence[object]], object]:
     """Accept the first permessage-deflate offer, agreeing to what the client offered.
 
-    The client's ``client_no_context_takeover`` is taken up (our inflater can
-    then forget each message, which saves memory), and a ``client_max_window_bits``
-    value it offered is confirmed, as RFC 7692 section 7.1.2 allows.
+    With ``context_takeover`` (the default, as aiohttp and websockets do) the
+    client keeps its compression context from message to message, which
+    compresses repetitive traffic several times better and costs the client
+    no new deflater per message; our inflater then keeps its window (32 KiB
+    at 15 bits) between messages.  Without it, the client is asked for
+    ``client_no_context_takeover`` (any client must accept that, RFC 7692
+    7.1.1.2) and our inflater is dropped after each message: the memory-saving
+    mode (see docs/limits.md).  A ``server_no_context_takeover`` or
+    ``server_max_window_bits`` the client asks for is granted, and a
+    ``client_max_window_bits`` value it offered is confirmed (7.1.2).
     """
 
     def accept(offers: Sequence[object]) -> object:
@@ -34,7 +42,7 @@ def deflate_acceptor(
             if isinstance(offer, PerMessageDeflateOffer):
                 return PerMessageDeflateOfferAccept(
                     offer,
-                    request_no_context_takeover=bool(offer.accept_no_context_takeover),
+                    request_no_context_takeover=not context_takeover and bool(offer.accept_no_context_takeover),
                     request_max_window_bits=client_bits if offer.accept_max_window_bits else 0,
                     max_message_size=max_payload,
                 )
@@ -202,3 +210,20 @@ def offered_client_bits(extensions: Sequence[tuple[str, dict[str, list[object]]]
                 return int(value)
             return 0
     return 0
+
+
+def offered_acceptor(
+    extensions: Sequence[tuple[str, dict[str, list[object]]]], max_payload: int | None, context_takeover: bool = True
+) -> Callable[[Sequence[object]], object]:
+    """``deflate_acceptor`` for a request's parsed ``Sec-WebSocket-Extensions`` (autobahn's form).
+
+    A client that offers ``client_no_context_takeover`` has said it will
+    compress each message alone anyway; agreeing costs no ratio and lets our
+    inflater go between messages, so it is agreed whatever ``context_takeover`` says.
+    """
+    hinted = False
+    for name, params in extensions:
+        if name == PERMESSAGE_DEFLATE:
+            hinted = "client_no_context_takeover" in params
+            break
+    return deflate_acceptor(max_payload, offered_client_bits(extensions), context_takeover and not hinted)

@@ -8,11 +8,13 @@ takes over the transport; ``accept_upgrade`` answers it.  Then, per read:
     a whole message → ``_dispatch.EventQueue`` → the rule's ``onmessage``;
     ping → pong; pong → keepalive; close → the close handshake.
 
-Compressed connections (and every connection when ``_autobahn``'s guard
-failed) read through autobahn's own frame machinery, which calls
-``onMessage``.  Replies go out through ``_outgoing.Outgoing``.  Everything
-that touches autobahn's undocumented state is in ``_autobahn`` (or, on its
-public paths, ``_public``); this module uses their methods.
+Compressed connections use the same parser, with ``_deflate.DeflateCodec``
+inflating and deflating; every connection when ``_autobahn``'s guard failed
+(and a compressed one when its deflate check failed) reads through
+autobahn's own frame machinery, which calls ``onMessage``.  Replies go out
+through ``_outgoing.Outgoing``.  Everything that touches autobahn's
+undocumented state is in ``_autobahn`` (or, on its public paths,
+``_public``); this module uses their methods.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from ._autobahn import FAST, FastProtocol
 from ._close import CloseCode
 from ._coalesce import Coalescer
 from ._connection import Connection, detach, notify_closed, set_writable
+from ._deflate import DeflateCodec, frame_bound
 from ._dispatch import EventQueue
-from ._extensions import deflate_acceptor, offered_client_bits
-from ._encoding import data_header
+from ._extensions import offered_acceptor
+from ._encoding import compressed_header, data_header
 from ._frames import Frame, FrameParser, Opcode, ProtocolError
 from ._messages import MessageAssembler
 from ._outgoing import HOLD_BELOW, Outgoing
@@ -71,6 +74,10 @@ class _Glue(_Base):
     _assembler: MessageAssembler | None = None
     _max_payload: int | None = None
     _out: Outgoing | None = None
+    _deflate: DeflateCodec | None = None
+    """permessage-deflate on crowtwist's parser: this connection's inflater and deflater."""
+    _inflating = False
+    """A compressed message has begun and its last frame is still to come."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,7 +121,7 @@ class _Glue(_Base):
         max_payload = route.effective_max_payload
 
         def accept(offers: Sequence[Any]) -> Any:
-            return deflate_acceptor(max_payload, offered_client_bits(offers))
+            return offered_acceptor(offers, max_payload, route.settings.compression_context_takeover)
 
         self.complete_handshake(
             key, offered_protocols, extensions, subprotocol, path, accept if route.effective_compression else None
@@ -129,9 +136,14 @@ class _Glue(_Base):
         """This connection's bound on an incoming message, from the next message on."""
         self._max_payload = size
         if self._parser is not None:
-            self._parser.max_size = size
+            deflate = self._deflate
+            if deflate is None:
+                self._parser.max_size = size
+            else:
+                deflate.max_size = size
+                self._parser.max_size = frame_bound(size)
         else:
-            # autobahn's frame machinery (compressed or public paths) checks its protocol
+            # autobahn's frame machinery (public paths, or the deflate guard failed) checks its protocol
             # option per frame; the deflate decompressor keeps the bound it was made with.
             self.maxMessagePayloadSize = size or 0
 
@@ -155,6 +167,16 @@ class _Glue(_Base):
             self._parser = FrameParser(
                 max_size=route.effective_max_payload, require_mask=route.settings.enforce_ws_spec
             )
+        elif self.plain_sends_allowed():  # (on autobahn's public paths, autobahn's own deflate)
+            deflate_params = self.deflate_params()
+            if deflate_params is not None:
+                # permessage-deflate on our parser: RSV1 is allowed (on a message's first frame; _frame checks).
+                self._deflate = DeflateCodec(
+                    deflate_params, max_size=self._max_payload, keep_context=route.settings.compression_context_takeover
+                )
+                self._parser = FrameParser(
+                    max_size=frame_bound(self._max_payload), require_mask=route.settings.enforce_ws_spec, allowed_rsv=4
+                )
         route.connection_opened(conn)
         if log.debugging:
             log.debug(
@@ -203,6 +225,17 @@ class _Glue(_Base):
         """Send one message; the caller has checked that the connection is open."""
         out = self._out
         if self._parser is not None and out is not None:
+            deflate = self._deflate
+            if deflate is not None:
+                # Every message, small ones too: with context takeover a repeated
+                # 64-byte message deflates to 4 bytes, for about 1 µs of zlib.
+                body = deflate.compress(payload)
+                length = len(body)
+                if length < 126:
+                    out.write(bytes((0xC2 if is_binary else 0xC1, length)) + body)
+                else:
+                    out.write(compressed_header(is_binary, length), body)
+                return
             # Without an extension a frame is one unmasked header and the payload.
             length = len(payload)
             if length < 126:
@@ -229,7 +262,7 @@ class _Glue(_Base):
         # (a frame larger than the bound alone goes to a peer that is not behind)
         if limit is not None and waiting and waiting + len(frame) > limit:
             return False
-        if self._parser is not None:
+        if self._parser is not None and self._deflate is None:
             out.write(frame)
         else:  # compressed, or autobahn's public paths: each connection frames its own
             self.send_message(payload, is_binary)
@@ -273,6 +306,7 @@ class _Glue(_Base):
         events = self._events
         handler = self._route.message_handler
         conn = self.conn
+        deflate = self._deflate
         batch = self._unread
         if batch is not None:
             self._unread = None
@@ -298,6 +332,18 @@ class _Glue(_Base):
                             message = payload
                         if handler is not None:
                             events.push_message(handler, len(payload), conn, message, first == 0x82)
+                    elif (first == 0xC1 or first == 0xC2) and deflate is not None and self._assembler is None:
+                        # A whole compressed message, as nearly every compressed one is.
+                        data = deflate.inflate_message(payload)
+                        if first == 0xC1:
+                            try:
+                                message = data.decode("utf-8")
+                            except UnicodeDecodeError:
+                                raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        else:
+                            message = data
+                        if handler is not None:
+                            events.push_message(handler, len(data), conn, message, first == 0xC2)
                     elif not self._frame(first, payload):
                         return
                 if not parser.buffered:
@@ -318,11 +364,16 @@ class _Glue(_Base):
         elif opcode == Opcode.PONG:
             self.pong_received(payload)
         else:
-            # Fragments, or a message arriving after our close frame: delivered.
+            # Fragments, or a message arriving after our close frame, or a compressed message: delivered.
             assembler = self._assembler
+            deflate = self._deflate
+            rsv = (first >> 4) & 7
+            if deflate is not None and (rsv or self._inflating):
+                # (a whole compressed message outside a fragmented one is _parse's)
+                payload, rsv = self._inflate(deflate, opcode, payload, first > 0x7F, rsv, assembler)
             if assembler is None:
                 assembler = self._assembler = MessageAssembler(max_size=self._max_payload)
-            done = assembler.add(Frame(opcode, payload, first > 0x7F, (first >> 4) & 7))
+            done = assembler.add(Frame(opcode, payload, first > 0x7F, rsv))
             if done is not None:
                 self._assembler = None
                 message, is_binary = done
@@ -330,6 +381,27 @@ class _Glue(_Base):
                 if handler is not None:
                     self._events.push_message(handler, len(message), self.conn, message, is_binary)
         return True
+
+    def _inflate(
+        self, deflate: DeflateCodec, opcode: int, payload: bytes, fin: bool, rsv: int,
+        assembler: MessageAssembler | None,
+    ) -> tuple[bytes, int]:
+        """A frame of a compressed message inflated, and the RSV bits left for the assembler."""
+        if rsv:
+            # (RFC 7692 6.1: RSV1 marks a message's first frame only)
+            if not opcode:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame with RSV1 set")
+            if assembler is not None and assembler.in_message:
+                # A new message inside a fragmented one: the assembler says so (1002).
+                return payload, rsv & 3
+            deflate.start()
+            self._inflating = True
+        elif opcode:
+            # An uncompressed message inside a compressed one: the assembler says so (1002).
+            return payload, 0
+        if fin:
+            self._inflating = False
+        return deflate.inflate(payload, fin), rsv & 3
 
     def _fail(self, error: ProtocolError) -> None:
         # RFC 6455 7.1.7: no more data is processed from a peer whose

@@ -24,7 +24,11 @@ from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 
+from autobahn.websocket.compress import PerMessageDeflate
+
 from .._close import failure_message
+from .._deflate import DeflateParams
+from . import _guard
 from ._closing import ClosingProtocol
 from ._guard import INITIAL_STATE
 
@@ -186,6 +190,28 @@ class FastProtocol(ClosingProtocol):
     def plain(self) -> bool:
         """No extension in use: frames are plain, and crowtwist's own parser and sender apply."""
         return self._perMessageCompress is None and not self.autoFragmentSize
+
+    def deflate_params(self) -> DeflateParams | None:
+        """What permessage-deflate the handshake agreed, for crowtwist's own codec; ``None``: none, or not ours.
+
+        autobahn (undocumented): the accepted extension is the
+        ``PerMessageDeflate`` in ``websocket_extensions_in_use``, its
+        parameters the attributes its constructor sets (the guard checks
+        both).  ``None`` also when autobahn must frame this connection itself
+        (auto-fragmentation) or the guard failed: autobahn's frame machinery
+        and its own deflate serve the connection then.
+        """
+        if self.autoFragmentSize or not _guard.deflate_fast():
+            return None
+        for extension in self.__dict__.get("websocket_extensions_in_use") or ():
+            if isinstance(extension, PerMessageDeflate):
+                return DeflateParams(
+                    bool(extension.server_no_context_takeover),
+                    bool(extension.client_no_context_takeover),
+                    int(extension.server_max_window_bits),
+                    int(extension.client_max_window_bits),
+                )
+        return None
 
     def still_reading(self) -> bool:
         """Open, or closing: frames may still arrive and be acted on."""

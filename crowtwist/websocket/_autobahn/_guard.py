@@ -19,11 +19,21 @@ from typing import Any
 from collections.abc import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflate
 from autobahn.websocket.protocol import WebSocketProtocol
 
 from ..._log import log
 
-__all__ = ["FAST", "INITIAL_STATE", "PROBLEMS", "is_forced_public", "problems"]
+__all__ = [
+    "DEFLATE_PROBLEMS",
+    "FAST",
+    "INITIAL_STATE",
+    "PROBLEMS",
+    "deflate_fast",
+    "deflate_problems",
+    "is_forced_public",
+    "problems",
+]
 
 
 # What autobahn's _connectionMade starts every connection with; here they are
@@ -161,3 +171,47 @@ if not FAST:
         seam="autobahn",
         problems="; ".join(PROBLEMS),
     )
+
+
+# What the permessage-deflate fast path reads of an accepted offer: the
+# connection's websocket_extensions_in_use (set by succeedHandshake) holds a
+# PerMessageDeflate whose constructor stored the negotiated parameters.
+DEFLATE_ATTRIBUTES = (
+    "server_no_context_takeover",
+    "client_no_context_takeover",
+    "server_max_window_bits",
+    "client_max_window_bits",
+)
+
+
+def deflate_problems() -> list[str]:
+    """What keeps compressed connections on autobahn's own frame machinery (nothing: crowtwist's codec serves them)."""
+    if PROBLEMS:
+        return ["autobahn's fast paths are off"]
+    if is_forced_public("deflate"):
+        return ["forced by CROWTWIST_PUBLIC_PATHS"]
+    try:
+        missing = set(DEFLATE_ATTRIBUTES) - _assigned(PerMessageDeflate.__init__)
+        if missing:
+            return [f"PerMessageDeflate no longer sets {sorted(missing)}"]
+        if "websocket_extensions_in_use" not in _assigned(WebSocketServerProtocol.succeedHandshake):
+            return ["succeedHandshake no longer sets websocket_extensions_in_use"]
+    except (OSError, TypeError, SyntaxError) as error:
+        return [f"autobahn's source cannot be checked ({error})"]
+    return []
+
+
+DEFLATE_PROBLEMS = deflate_problems()
+_deflate_fast = not DEFLATE_PROBLEMS
+if PROBLEMS == [] and DEFLATE_PROBLEMS:
+    log.warn(
+        "autobahn {version}: {problems}; compressed connections take autobahn's frame machinery (slower)",
+        version=metadata.version("autobahn"),
+        seam="autobahn",
+        problems="; ".join(DEFLATE_PROBLEMS),
+    )
+
+
+def deflate_fast() -> bool:
+    """Whether crowtwist's own codec serves compressed connections (read per connection, so tests may patch it)."""
+    return _deflate_fast
