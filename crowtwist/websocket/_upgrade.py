@@ -203,24 +203,30 @@ def take_over(
     go to the socket directly.
     """
     transport: Any = channel.transport
+    # A channel whose twisted.web set-up never ran (the fast path's) has no
+    # idle timer, no producer registration and no paused reading to undo.
+    http = True
     if isinstance(channel, DeadlineChannel):
         channel.upgraded()
-    # The channel is done with: its idle timeout must not fire on a transport it gave away.
-    channel.setTimeout(None)
+        http = channel.http_started
+    if http:
+        # The channel is done with: its idle timeout must not fire on a transport it gave away.
+        channel.setTimeout(None)
+        # The HTTP channel registered itself as the transport's producer and
+        # would keep itself (and its request) alive through it.
+        transport.unregisterProducer()
     protocol = rule.factory.build(transport.getPeer())
-    # The HTTP channel registered itself as the transport's producer and
-    # would keep itself (and its request) alive through it.
-    transport.unregisterProducer()
     channel.transport = None
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = protocol  # TLS: the channel sat inside the TLS wrapper
     else:
         transport.protocol = protocol
     protocol.makeConnection(transport)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
-    # twisted.web pauses reading while a request is handled; nothing else will resume it.
-    producer = IPushProducer(transport, None)
-    if producer is not None:
-        producer.resumeProducing()
+    if http:
+        # twisted.web pauses reading while a request is handled; nothing else will resume it.
+        producer = IPushProducer(transport, None)
+        if producer is not None:
+            producer.resumeProducing()
     offered = head.tokens(b"sec-websocket-protocol", lower=False)
     extensions = head.extensions()
     protocol.accept_upgrade(

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
+from ..._twisted import close_at_once
 from .._close import CloseCode, CloseFrameError, parse_close
 from .._hooks import ProtocolHooks
 
@@ -178,6 +183,10 @@ class ClosingProtocol(ProtocolHooks):
         self.flush_outgoing()
         # Not abortConnection, even with nothing left to send: it closes with
         # a reset, which may discard the close frame before the peer reads it.
+        # With nothing left in the transport either, the socket closes now
+        # (connectionLost runs before this returns), not a reactor turn later.
+        if close_at_once(transport):
+            return
         super()._closeConnection(False)
         # But a peer that reads nothing more, or never ends TLS, would hold the
         # connection and its onclose forever: the close timeout bounds this too.
@@ -186,8 +195,22 @@ class ClosingProtocol(ProtocolHooks):
                 self.closeHandshakeTimeout or 5.0, self._abort_lingering
             )
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # autobahn's version formats debug lines (its highlighting helpers
+        # included) on every close, logging or not; a TLS error it logs at
+        # error level, and at debug level everything is its own.
+        if isinstance(reason.value, (ConnectionDone, ConnectionAborted, ConnectionLost)) and not _autobahn_debugging():
+            self._connectionLost(reason)
+        else:
+            super().connectionLost(reason)
+
     def _abort_lingering(self) -> None:
         self._drop_timer = None
         transport: Any = self.transport
         if transport is not None and getattr(transport, "connected", True):
             transport.abortConnection()
+
+
+def _autobahn_debugging() -> bool:
+    """Whether autobahn's own debug lines are wanted (txaio's level, which its loggers follow)."""
+    return txaio.get_global_log_level() in ("debug", "trace")
