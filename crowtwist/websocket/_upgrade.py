@@ -67,36 +67,40 @@ EndpointT = TypeVar("EndpointT", bound=UpgradeEndpoint)
 class UpgradeHead:
     """What an upgrade request says: method, HTTP version, path, and header values by name."""
 
-    __slots__ = ("method", "version", "path", "_values")
+    __slots__ = ("method", "version", "path", "_get")
 
-    def __init__(self, method: bytes, version: bytes, path: bytes, values: Callable[[bytes], Sequence[bytes]]) -> None:
+    def __init__(
+        self, method: bytes, version: bytes, path: bytes, get: Callable[[bytes, Sequence[bytes]], Sequence[bytes] | None]
+    ) -> None:
+        """``get(name, default)``: every value of header ``name`` (lower case), or ``default``."""
         self.method = method
         self.version = version
         self.path = path
-        self._values = values
+        self._get = get
 
     @classmethod
     def of(cls, request: Request) -> UpgradeHead:
         """The head of a request twisted.web has parsed."""
-        headers = request.requestHeaders
-        return cls(request.method, request.clientproto, request.path, lambda name: headers.getRawHeaders(name, []))
+        return cls(request.method, request.clientproto, request.path, request.requestHeaders.getRawHeaders)
 
     def values(self, name: bytes) -> Sequence[bytes]:
         """Every value of header ``name`` (lower case), in order."""
-        return self._values(name)
+        return self._get(name, ()) or ()
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of header ``name``, as twisted.web's ``getHeader`` gives it."""
-        values = self._values(name)
+        values = self._get(name, ())
         return values[-1] if values else None
 
     def tokens(self, name: bytes, lower: bool = True) -> list[str]:
         """The comma-separated tokens of every ``name`` header (lower-cased unless ``lower`` is false)."""
-        return split_tokens(self._values(name), lower)
+        values = self._get(name, ())
+        return split_tokens(values, lower) if values else []
 
     def extensions(self) -> str:
         """The ``Sec-WebSocket-Extensions`` offers, all headers joined."""
-        return ",".join(v.decode("latin-1") for v in self._values(b"sec-websocket-extensions"))
+        values = self._get(b"sec-websocket-extensions", ())
+        return ",".join(v.decode("latin-1") for v in values) if values else ""
 
 
 def _valid_key(value: bytes | None) -> bool:
@@ -245,8 +249,9 @@ def take_over(
 
 
 # The fast path's idea of an ordinary head; anything else is twisted.web's to judge.
-_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\Z")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*?)[ \t]*\Z")
+_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\r\n")
+# One header line each, from its CRLF to the next: a line that does not match is not counted.
+_HEADER_LINES = re.compile(rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*)(?=\r\n)")
 # Headers that change how the request is read or answered.
 _NOT_FAST = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 # Well under twisted.web's own limits (16 KiB of headers, 500 of them).
@@ -259,28 +264,27 @@ def _parse_head(data: bytes) -> tuple[UpgradeHead, bytes] | None:
     end = data.find(b"\r\n\r\n", 0, _MAX_HEAD)
     if end < 0:
         return None
-    lines = data[:end].split(b"\r\n")
-    if len(lines) > _MAX_HEADERS + 1:
-        return None
-    first = _REQUEST_LINE.match(lines[0])
+    first = _REQUEST_LINE.match(data)
     if first is None:
         return None
+    start = first.end() - 2  # (each header line is matched from the CRLF before it)
+    fields = _HEADER_LINES.findall(data, start, end + 2)
+    # Every line is a header line when there are as many matches as line ends.
+    if len(fields) > _MAX_HEADERS or len(fields) != data.count(b"\r\n", start, end + 2) - 1:
+        return None
     headers: dict[bytes, list[bytes]] = {}
-    for line in lines[1:]:
-        found = _HEADER_LINE.match(line)
-        if found is None:
-            return None
-        name = found[1].lower()
-        if name in _NOT_FAST:
-            return None
+    for name, value in fields:
+        name = name.lower()
+        value = value.rstrip(b" \t")
         values = headers.get(name)
         if values is None:
-            headers[name] = [found[2]]
+            headers[name] = [value]
         else:
-            values.append(found[2])
+            values.append(value)
+    if not _NOT_FAST.isdisjoint(headers):
+        return None
     path = first[1].partition(b"?")[0]
-    empty: list[bytes] = []
-    return UpgradeHead(b"GET", b"HTTP/1.1", path, lambda name: headers.get(name, empty)), data[end + 4 :]
+    return UpgradeHead(b"GET", b"HTTP/1.1", path, headers.get), data[end + 4 :]
 
 
 def _route(root: RouteNode[EndpointT], path: bytes) -> tuple[WebSocketRule, list[ParamValue]] | None:
