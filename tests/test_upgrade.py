@@ -15,6 +15,7 @@ from twisted.web.server import Request, Site
 
 from crowtwist import Crow, Response
 from crowtwist._site import CrowSite
+from crowtwist.websocket._autobahn import FAST
 
 from . import frames as F
 from .conftest import LogCapture
@@ -311,3 +312,45 @@ def test_connection_made_by_fast_path_behaves() -> None:
     assert served.transport.disconnecting
     protocol.connectionLost(Failure(ConnectionDone()))
     assert seen == [("open", "10.1.2.3"), ("message", "x"), ("close", 1000)]
+
+
+@pytest.mark.parametrize("handler", ["none", "async-onclose"])
+def test_a_closed_connection_is_freed_without_the_cyclic_collector(handler: str) -> None:
+    """Once onclose has run and the transport lets go, nothing keeps the protocol (or its queue and
+    outgoing side) alive: reference counting frees it, with no collector pass per connection (on
+    crowtwist's fast paths; on autobahn's public ones the collector frees it)."""
+    import gc
+    import weakref
+
+    from twisted.internet.defer import Deferred
+
+    app = Crow()
+    later: list[Deferred[None]] = []
+    rule = app.route("/ws").websocket().onmessage(lambda conn, data, is_binary: conn.send_text(data))
+    if handler == "async-onclose":
+        def onclose(conn: Any, reason: str, code: int) -> Deferred[None]:
+            later.append(Deferred())
+            return later[-1]
+
+        rule.onclose(onclose)
+    served = Served(app.site(), head())
+    assert served.taken_fast
+    protocol: Any = served.transport.protocol
+    gone = weakref.ref(protocol)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        protocol.dataReceived(F.encode(F.TEXT, b"x") + F.encode(F.CLOSE, F.close_payload(1000, "")))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        del protocol
+        del served.transport.protocol  # as Twisted's TCP transport does once the connection is lost
+        if later:
+            assert gone() is not None  # onclose is still running: the connection is kept for it
+            later.pop().callback(None)
+        if not FAST:
+            # autobahn's public paths keep their own cycles: freed by the collector, still not kept.
+            gc.collect()
+        assert gone() is None
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -200,7 +200,7 @@ class ClosingProtocol(ProtocolHooks):
         # included) on every close, logging or not; a TLS error it logs at
         # error level, and at debug level everything is its own.
         if isinstance(reason.value, (ConnectionDone, ConnectionAborted, ConnectionLost)) and not _autobahn_debugging():
-            self._connectionLost(reason)
+            self._connectionLost(reason)  # type: ignore[arg-type]  # autobahn annotates it str; it gets the Failure
         else:
             super().connectionLost(reason)
 
@@ -213,4 +213,5 @@ class ClosingProtocol(ProtocolHooks):
 
 def _autobahn_debugging() -> bool:
     """Whether autobahn's own debug lines are wanted (txaio's level, which its loggers follow)."""
-    return txaio.get_global_log_level() in ("debug", "trace")
+    level: str = getattr(txaio, "get_global_log_level")()  # (txaio's stubs lack it; tx and aio both have it)
+    return level in ("debug", "trace")
