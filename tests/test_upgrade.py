@@ -354,3 +354,18 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector(handler: str)
     finally:
         if was_enabled:
             gc.enable()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], [b"websocket"], [b"  WebSocket \t"], [b""], [b" "], [b"a,b"], [b"Upgrade", b"keep-alive"], [b"x\x85"], [b",,"]],
+)
+@pytest.mark.parametrize("lower", [True, False])
+def test_head_tokens_are_split_tokens(values: list[bytes], lower: bool) -> None:
+    """UpgradeHead.tokens (with its one-value shortcut) gives what split_tokens gives."""
+    from crowtwist._headers import split_tokens
+    from crowtwist.websocket._upgrade import UpgradeHead
+
+    head = UpgradeHead(b"GET", b"HTTP/1.1", b"/", {b"upgrade": values}.get)
+    assert head.tokens(b"upgrade", lower) == split_tokens(values, lower)
+    assert head.tokens(b"connection", lower) == []

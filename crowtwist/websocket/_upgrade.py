@@ -95,7 +95,13 @@ class UpgradeHead:
     def tokens(self, name: bytes, lower: bool = True) -> list[str]:
         """The comma-separated tokens of every ``name`` header (lower-cased unless ``lower`` is false)."""
         values = self._get(name, ())
-        return split_tokens(values, lower) if values else []
+        if not values:
+            return []
+        if len(values) == 1 and b"," not in values[0]:
+            # One value, one token (nearly every Upgrade and Connection header): as split_tokens gives it.
+            token = values[0].decode("latin-1").strip()
+            return [token.lower() if lower else token] if token else []
+        return split_tokens(values, lower)
 
     def extensions(self) -> str:
         """The ``Sec-WebSocket-Extensions`` offers, all headers joined."""
@@ -239,7 +245,7 @@ def take_over(
         # Only the offers we can take: autobahn would fail the handshake on the
         # others, where RFC 7692 section 5 has them declined.
         extensions=acceptable_offers(extensions) if extensions else "",
-        subprotocol=rule.choose_subprotocol(offered),
+        subprotocol=rule.choose_subprotocol(offered) if offered else None,
         params=params,
         userdata=userdata,
         path=head.path.decode("latin-1"),
