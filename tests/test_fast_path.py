@@ -319,3 +319,18 @@ def test_close_frame_sent_is_autobahns(args: tuple[int | None, bytes | None, boo
     ours = sent_close(args, False, monkeypatch)
     assert ours == sent_close(args, True, monkeypatch)
     assert ours[0][:1] == b"\x88" and ours[6] == ours[0]
+
+
+@pytest.mark.fast_paths("fast path")
+@pytest.mark.parametrize("family", ["IPv4", "IPv6"])
+def test_peer_is_named_as_autobahns_peer2str_names_it(family: str) -> None:
+    from autobahn.twisted.util import peer2str
+    from twisted.internet.address import IPv6Address
+
+    app, _ = echo_app()
+    factory = app.websocket_rules[0].factory
+    address = IPv4Address("TCP", "10.1.2.3", 4000) if family == "IPv4" else IPv6Address("TCP", "::1", 4000)
+    protocol: Any = factory.buildProtocol(address)
+    protocol.makeConnection(StringTransport(peerAddress=address))
+    factory.countConnections -= 1
+    assert protocol.peer == peer2str(protocol.transport) == f"tcp{family[-1]}:{address.host}:4000"

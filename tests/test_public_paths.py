@@ -348,6 +348,8 @@ EXPECTED_SKIPS = {
     "tests.test_end_to_end::test_websockets_client_subprotocol_and_compression[crow-site]",
     "tests.test_end_to_end::test_websockets_client_subprotocol_and_compression[twisted.web]",
     "tests.test_fast_path::test_compressed_connections_take_the_general_path",
+    "tests.test_fast_path::test_peer_is_named_as_autobahns_peer2str_names_it[IPv4]",
+    "tests.test_fast_path::test_peer_is_named_as_autobahns_peer2str_names_it[IPv6]",
     "tests.test_fast_path::test_close_frame_sent_is_autobahns[1000-3-reply]",
     "tests.test_fast_path::test_close_frame_sent_is_autobahns[None-0-reply]",
     "tests.test_fast_path::test_close_frame_sent_is_autobahns[1001-0-ours]",
