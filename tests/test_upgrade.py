@@ -369,3 +369,21 @@ def test_head_tokens_are_split_tokens(values: list[bytes], lower: bool) -> None:
     head = UpgradeHead(b"GET", b"HTTP/1.1", b"/", {b"upgrade": values}.get)
     assert head.tokens(b"upgrade", lower) == split_tokens(values, lower)
     assert head.tokens(b"connection", lower) == []
+
+
+@pytest.mark.parametrize("asked", ["before", "after"])
+def test_the_protocols_closed_signal_fires_once_onclose_has_run(asked: str) -> None:
+    """``closed`` fires after onclose, whether asked for before the close or only after it."""
+    app = Crow()
+    seen: list[str] = []
+    app.route("/ws").websocket().onclose(lambda conn, reason, code: seen.append("onclose"))
+    served = Served(app.site(), head())
+    protocol: Any = served.transport.protocol
+    if asked == "before":
+        protocol.closed.addCallback(lambda _: seen.append("closed"))
+        assert seen == []
+    protocol.dataReceived(F.encode(F.CLOSE, F.close_payload(1000, "")))
+    protocol.connectionLost(Failure(ConnectionDone()))
+    if asked == "after":
+        protocol.closed.addCallback(lambda _: seen.append("closed"))
+    assert seen == ["onclose", "closed"]

@@ -75,11 +75,29 @@ class _Glue(_Base):
     def __init__(self) -> None:
         super().__init__()
         self.conn: Connection | None = None
-        self.closed: Deferred[None] = Deferred()
-        """Fires once ``onclose`` (or the lack of one) has run for this connection."""
         hooks = self._hooks = _Hooks(self)
         self._events = EventQueue(hooks.pause_reading, hooks.resume_reading, hooks.handler_failed)
         self._upgrade: tuple[Sequence[ParamValue], object] | None = None
+
+    _closed: Deferred[None] | None = None
+    _finished = False
+
+    @property
+    def closed(self) -> Deferred[None]:
+        """Fires once ``onclose`` (or the lack of one) has run for this connection.
+
+        Made when first asked for: nearly every connection closes without anyone waiting.
+        """
+        closed = self._closed
+        if closed is None:
+            closed = self._closed = succeed(None) if self._finished else Deferred()
+        return closed
+
+    def _finish(self) -> None:
+        self._finished = True
+        closed = self._closed
+        if closed is not None and not closed.called:
+            closed.callback(None)
 
     def configure(self, route: RouteHandlers) -> None:
         """Serve ``route``'s handlers with its limits."""
@@ -175,8 +193,8 @@ class _Glue(_Base):
         conn = self.conn
         self.sendable = False
         if conn is None or self._close_reported:
-            if conn is None and not self.closed.called:
-                self.closed.callback(None)
+            if conn is None:
+                self._finish()
             return
         self._close_reported = True
         code, reason = self.close_outcome(wasClean, code, reason)
@@ -429,8 +447,7 @@ class _Glue(_Base):
             self.is_closed = succeed(None)
         if self.conn is not None:
             notify_closed(self.conn)
-        if not self.closed.called:
-            self.closed.callback(None)
+        self._finish()
 
     def _report_error(self, message: str, first: bool = False) -> None:
         if self.conn is None or self._error_reported:
