@@ -164,8 +164,10 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
         return Refusal(UPGRADE_REQUIRED)
     if "upgrade" not in head.tokens(b"connection"):
         return Refusal(Response(400, "400 Bad Request: Connection: Upgrade missing\n"))
+    get = head._get
     for name, key in _SINGLETONS:
-        if len(head.values(key)) > 1:
+        values = get(key, ())
+        if values and len(values) > 1:
             return _bad_request(f"more than one {name} header")
     host = head.header(b"host")
     if host is None or not valid_host(host):
@@ -177,7 +179,8 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
     # RFC 9110 section 7.8: the new protocol starts after the whole request,
     # so a body would stand between the head and the first frame (websockets
     # refuses such upgrades too).
-    if head.values(b"transfer-encoding") or any(v.strip() != b"0" for v in head.values(b"content-length")):
+    lengths = get(b"content-length", ())
+    if get(b"transfer-encoding", ()) or (lengths and any(v.strip() != b"0" for v in lengths)):
         return _bad_request("a WebSocket upgrade request may not have a body")
     extensions = head.extensions()
     problem = extension_error(extensions) if extensions else None
