@@ -21,7 +21,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 
@@ -101,9 +100,7 @@ class FastProtocol(ClosingProtocol):
         # helpers) on every connection, logging or not, and gathers transport
         # details (two system calls) that only WAMP reads.
         transport: Any = self.transport
-        # peer2str's own spelling, without its two interface checks, for a TCP peer.
-        address = transport.getPeer()
-        self.peer = f"tcp4:{address.host}:{address.port}" if type(address) is IPv4Address else peer2str(transport)
+        self.peer = peer2str(transport)
         # Set, not asked first: on the site's fast path nothing has set it yet,
         # and asking costs the same system call.  (A UNIX transport has no such method.)
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
