@@ -111,8 +111,20 @@ class DeadlineChannel(ChannelBase):
     fast_upgrade: Callable[[HTTPChannel, bytes], bool] | None = None
     """Offered the connection's first read: takes the connection over, or returns false."""
 
+    http_started = True
+    """twisted.web's set-up of the connection has run (``HTTPChannel.connectionMade``)."""
+
     def connectionMade(self) -> None:
-        HTTPChannel.connectionMade(self)
+        timeout = self.handshake_timeout
+        idle: float | None = getattr(self, "timeOut", None)
+        if self.fast_upgrade is not None and timeout and (idle is None or timeout <= idle):
+            # The first read may be an upgrade the fast path takes whole: twisted.web's
+            # set-up (TCP_NODELAY, its idle timer, the producer registration, each undone
+            # by the take-over) waits for a read it has to parse.  Until then the deadline,
+            # no later than the idle timer, is what a silent client meets.
+            self.http_started = False
+        else:
+            HTTPChannel.connectionMade(self)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
@@ -123,6 +135,9 @@ class DeadlineChannel(ChannelBase):
             self.fast_upgrade = None
             if fast(self, data):
                 return
+        if not self.http_started:
+            self.http_started = True
+            HTTPChannel.connectionMade(self)
         if self._deadline is None and not (self._head_done or self._upgraded or self.handling_request()):
             self._arm()  # the first byte of the next request on a kept-alive connection
         super().dataReceived(data)

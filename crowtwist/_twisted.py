@@ -20,6 +20,7 @@ HTTPChannel._handlingRequest                  handling_request             allCo
 HTTPChannel._respondToBadRequestAndDisconnect malformed_head (override)    Twisted's own empty 400
 StreamServerEndpointService._raiseSynchronously  listening_service         a listening Service of our own
 ReactorBase._exitSignal                       forget_exit_signal           none: twistd exits by the signal
+FileDescriptor._tempDataLen (internet.abstract)  close_at_once             loseConnection (a reactor turn)
 
 The method names are on ``HeadChannel``, which ``DeadlineChannel`` derives
 from (through ``ChannelBase``); the fallbacks of the first five run in the
@@ -40,7 +41,10 @@ from collections.abc import Callable, Mapping, Sequence
 import twisted
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
+from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.base import ReactorBase
+from twisted.internet.protocol import connectionDone
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -60,6 +64,7 @@ __all__ = [
     "ChannelBase",
     "HeadChannel",
     "choose_paths",
+    "close_at_once",
     "forced",
     "forget_exit_signal",
     "listening_service",
@@ -82,6 +87,7 @@ NAMES = (
     "HTTPChannel._respondToBadRequestAndDisconnect(self)",
     "StreamServerEndpointService._raiseSynchronously",
     "ReactorBase._exitSignal",
+    "FileDescriptor._tempDataLen",
 )
 """Every private name the fast paths below use, as the guard's warning names them."""
 
@@ -145,7 +151,22 @@ def missing_names() -> list[str]:
         missing.append("StreamServerEndpointService._raiseSynchronously")
     if not hasattr(ReactorBase, "_exitSignal"):
         missing.append("ReactorBase._exitSignal")
+    if not _write_buffer_probed():
+        missing.append("FileDescriptor._tempDataLen")
     return missing
+
+
+def _write_buffer_probed() -> bool:
+    """Whether a FileDescriptor keeps its unsent bytes where ``close_at_once`` looks for them."""
+    try:
+        descriptor: Any = FileDescriptor(reactor=cast(Any, object()))
+        descriptor.connected = 1  # (write() drops data on an unconnected descriptor)
+        descriptor.startWriting = lambda: None
+        empty = (descriptor._tempDataLen, descriptor.dataBuffer, descriptor.offset) == (0, b"", 0)
+        descriptor.write(b"probe")
+        return empty and descriptor._tempDataLen == 5 and descriptor._writeDisconnecting is False
+    except Exception:
+        return False
 
 
 def forced(environ: Mapping[str, str], seam: str = _SEAM) -> bool:
@@ -429,6 +450,36 @@ def _public_forget_exit_signal(reactor: object) -> None:
 
 
 forget_exit_signal = _public_forget_exit_signal if PUBLIC else _private_forget_exit_signal
+
+
+# Closing a TCP connection that has nothing left to send.
+
+
+def _private_close_at_once(transport: object) -> bool:
+    # FileDescriptor._tempDataLen and _writeDisconnecting (twisted.internet.abstract; checked in
+    # 26.4.0 to 26.10.0): bytes written since the last doWrite, and a half-close under way; with
+    # those and dataBuffer[offset:] empty, loseConnection would only wait for a doWrite that finds
+    # nothing to send (two epoll changes, a poll, an empty send(2)) before this same call.  The
+    # kernel still sends what the socket holds, then the FIN, as after Twisted's own close.
+    if not isinstance(transport, tcp.Connection):
+        return False
+    t: Any = transport
+    if not t.connected or t.disconnecting or t._writeDisconnecting or t._tempDataLen or t.offset != len(t.dataBuffer):
+        return False
+    t.connectionLost(connectionDone)
+    return True
+
+
+def _public_close_at_once(transport: object) -> bool:
+    return False
+
+
+close_at_once: Callable[[object], bool] = _public_close_at_once if PUBLIC else _private_close_at_once
+"""``close_at_once(transport)``: close a plain TCP transport now, if nothing waits to be written in it.
+
+The protocol's ``connectionLost`` runs before this returns.  False (nothing
+done) for any other transport, or when the caller should ``loseConnection()``.
+"""
 """``forget_exit_signal(reactor)``: after a clean stop on a signal, let twistd exit 0, not by the signal."""
 
 

@@ -283,3 +283,56 @@ def test_plain_101_is_autobahns(keepalive: float | None, monkeypatch: pytest.Mon
     assert ours == autobahns
     assert b"'sec-websocket-protocol', 'a'" in ours[0]
     assert ("autoPingPendingCall" in ours[1]) is (keepalive is not None)
+
+
+CLOSE_SENDS = [(1000, b"bye", True), (None, None, True), (1001, b"", False), (4000, "é".encode() * 61, False), (None, b"x", True)]
+
+
+def sent_close(args: tuple[int | None, bytes | None, bool], autobahns: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
+    from crowtwist.websocket._autobahn._closing import ClosingProtocol
+
+    app, _ = echo_app()
+    app.websocket_limits(close_timeout=2.0)
+    with monkeypatch.context() as patch:
+        if autobahns:
+            patch.setattr(ClosingProtocol, "sendCloseFrame", WebSocketServerProtocol.sendCloseFrame)
+        client = MemoryClient(app, "/ws")
+        before = len(client.transport.value())
+        protocol: Any = client.protocol
+        code, reason, is_reply = args
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason, isReply=is_reply)
+        timer = protocol.closeHandshakeTimeoutCall
+        state = (
+            client.transport.value()[before:], protocol.state, protocol.closedByMe,
+            protocol.localCloseCode, protocol.localCloseReason, timer is not None,
+        )
+        protocol.sendCloseFrame(code=1000, reasonUtf8=b"again", isReply=False)  # closing: ignored
+        state += (client.transport.value()[before:],)
+        if timer is not None:
+            timer.cancel()
+    client.drop(clean=True)
+    return state
+
+
+@pytest.mark.fast_paths("fast path")
+@pytest.mark.parametrize("args", CLOSE_SENDS, ids=lambda a: f"{a[0]}-{len(a[1] or b'')}-{'reply' if a[2] else 'ours'}")
+def test_close_frame_sent_is_autobahns(args: tuple[int | None, bytes | None, bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The close frame built directly is byte for byte autobahn's, with the same state and timer after it."""
+    ours = sent_close(args, False, monkeypatch)
+    assert ours == sent_close(args, True, monkeypatch)
+    assert ours[0][:1] == b"\x88" and ours[6] == ours[0]
+
+
+@pytest.mark.fast_paths("fast path")
+@pytest.mark.parametrize("family", ["IPv4", "IPv6"])
+def test_peer_is_named_as_autobahns_peer2str_names_it(family: str) -> None:
+    from autobahn.twisted.util import peer2str
+    from twisted.internet.address import IPv6Address
+
+    app, _ = echo_app()
+    factory = app.websocket_rules[0].factory
+    address = IPv4Address("TCP", "10.1.2.3", 4000) if family == "IPv4" else IPv6Address("TCP", "::1", 4000)
+    protocol: Any = factory.buildProtocol(address)
+    protocol.makeConnection(StringTransport(peerAddress=address))
+    factory.countConnections -= 1
+    assert protocol.peer == peer2str(protocol.transport) == f"tcp{family[-1]}:{address.host}:4000"

@@ -24,6 +24,7 @@ import pytest_twisted
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -94,6 +95,14 @@ def _without_class_attribute(owner: type, name: str) -> Callable[[pytest.MonkeyP
     return lambda monkeypatch: monkeypatch.delattr(owner, name)
 
 
+def _write_counted_elsewhere(self: Any, data: bytes) -> None:
+    """A FileDescriptor.write that keeps its count of unsent bytes under another name."""
+    if data and self.connected:
+        self._tempDataBuffer.append(data)
+        self._unsent = getattr(self, "_unsent", 0) + len(data)
+        self.startWriting()
+
+
 CHANGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "HTTPChannel._HTTPChannel__first_line": _renamed("_HTTPChannel__first_line", 1),
     "HTTPChannel._receivedHeaderSize": _renamed("_receivedHeaderSize", 0),
@@ -108,6 +117,9 @@ CHANGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
         StreamServerEndpointService, "_raiseSynchronously"
     ),
     "ReactorBase._exitSignal": _without_class_attribute(ReactorBase, "_exitSignal"),
+    "FileDescriptor._tempDataLen": lambda monkeypatch: monkeypatch.setattr(
+        FileDescriptor, "write", _write_counted_elsewhere
+    ),
 }
 
 
@@ -515,6 +527,81 @@ def test_forgetting_the_exit_signal() -> None:
     _twisted._private_forget_exit_signal(object())  # a reactor without one: nothing to do
     assert _twisted.forget_exit_signal is (
         _twisted._public_forget_exit_signal if _twisted.PUBLIC else _twisted._private_forget_exit_signal
+    )
+
+
+# Closing a TCP connection with nothing left to send.
+
+
+class _Closer(Protocol):
+    """Answers its first read with ``reply`` (``buffered``: through the transport's own buffer), then closes at once."""
+
+    def __init__(self, reply: bytes, buffered: bool, outcome: Deferred[tuple[bool, bool, bool]]) -> None:
+        self.reply = reply
+        self.buffered = buffered
+        self.outcome = outcome
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        transport: Any = self.transport
+        if self.buffered:
+            transport.write(self.reply)
+        else:
+            transport.getHandle().send(self.reply)
+        closed = _twisted.close_at_once(transport)
+        # What Twisted's own close leaves: the transport disconnected, the protocol told, before the return.
+        self.outcome.callback((closed, self.lost, bool(transport.connected)))
+        if not closed:
+            transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["sent", "in-the-transport"])
+@pytest_twisted.inlineCallbacks
+def test_close_at_once_closes_a_tcp_connection_with_nothing_left_to_send(buffered: bool) -> Iterator[Any]:
+    """With the reply sent already, the connection closes inside the call (connectionLost has run, the
+    peer gets the reply and then EOF); with bytes still in Twisted's buffer it does nothing, and
+    loseConnection delivers them.  On the public paths it never closes."""
+    outcome: Deferred[tuple[bool, bool, bool]] = Deferred()
+    port = reactor.listenTCP(  # type: ignore[attr-defined]
+        0, Factory.forProtocol(lambda: _Closer(b"bye", buffered, outcome)), interface="127.0.0.1"
+    )
+    try:
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        client.sendall(b"hi")
+        closed, lost, connected = yield within(outcome)
+        received = yield within(cast(Deferred[bytes], deferToThreadRead(client)))
+        client.close()
+    finally:
+        yield port.stopListening()
+    at_once = not buffered and not _twisted.PUBLIC
+    assert (closed, lost, connected) == ((True, True, False) if at_once else (False, False, True))
+    assert received == b"bye"
+
+
+def deferToThreadRead(sock: socket.socket) -> Deferred[bytes]:
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(_read_to_eof, sock)
+
+
+def test_close_at_once_leaves_other_transports_alone() -> None:
+    transport = StringTransport()
+    assert _twisted._private_close_at_once(transport) is False
+    assert _twisted._public_close_at_once(transport) is False
+    assert not transport.disconnecting
+    assert _twisted.close_at_once is (
+        _twisted._public_close_at_once if _twisted.PUBLIC else _twisted._private_close_at_once
     )
 
 

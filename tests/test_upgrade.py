@@ -15,6 +15,7 @@ from twisted.web.server import Request, Site
 
 from crowtwist import Crow, Response
 from crowtwist._site import CrowSite
+from crowtwist.websocket._autobahn import FAST
 
 from . import frames as F
 from .conftest import LogCapture
@@ -141,6 +142,11 @@ def test_fast_path_routes_like_the_resource_tree(path: str, params: str) -> None
         pytest.param([head("/ws").replace(b"\r\n", b"\n")], id="bare-lf"),
         pytest.param([head("/ws", "X-Odd: caf\xe9")], id="non-ascii-value"),
         pytest.param([head("/ws", "Bad Name: x")], id="bad-header-name"),
+        pytest.param([head("/ws", "X-Ctl: a\x01b")], id="control-char-value"),
+        pytest.param([head("/ws", "X-Bare: a\rb")], id="bare-cr-value"),
+        pytest.param([head("/ws", "NoColon")], id="no-colon"),
+        pytest.param([head("/ws", ": empty-name")], id="empty-name"),
+        pytest.param([head(lines=["GET /ws HTTP/1.1 ", "Host: x"])], id="request-line-trailing-space"),
         pytest.param([head("/w%FFs")], id="non-utf8-path"),
         pytest.param([head("/ws", "Sec-WebSocket-Extensions: permessage-deflate;;")], id="broken-extension-header"),
         pytest.param([head().replace(b"HTTP/1.1", b"HTTP/1.0", 1)], id="http-1.0"),
@@ -152,6 +158,67 @@ def test_what_the_fast_path_leaves_is_answered_by_twisted_web(reads: list[bytes]
     slow, fast = both(make_app(), *reads)
     assert not fast.taken_fast
     assert fast.response() == slow.response()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["Upgrade: websocket \t", "Connection:Upgrade"],
+        ["X-Empty:", "X-Spaced:   a b  "],
+        ["Connection: keep-alive", "Connection: Upgrade"],
+    ],
+    ids=["padded-values", "empty-and-inner-spaces", "repeated-header"],
+)
+def test_unusual_but_valid_header_lines_are_taken_fast_alike(extra: list[str]) -> None:
+    """Values padded with blanks, empty values, repeated fields: read as twisted.web reads them."""
+    base = ["GET /ws HTTP/1.1", "Host: 127.0.0.1", f"Sec-WebSocket-Key: {KEY}", "Sec-WebSocket-Version: 13"]
+    for name, line in (("upgrade", "Upgrade: websocket"), ("connection", "Connection: Upgrade")):
+        if not any(given.lower().startswith(name) for given in extra):
+            base.append(line)
+    slow, fast = both(make_app(), head(lines=base + extra))
+    assert fast.taken_fast
+    assert fast.response()[:2] == slow.response()[:2]
+
+
+def test_fast_path_connection_skips_twisted_webs_set_up_but_keeps_the_deadline() -> None:
+    """Until its first read, a connection has the head deadline and none of twisted.web's set-up (idle
+    timer, TCP_NODELAY, producer); a silent client is aborted at the deadline, not later."""
+    clock = Clock()
+    site = CrowSite(make_app().resource(), handshake_timeout=5.0, reactor=clock)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
+    channel = site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    assert not channel.http_started and transport.producer is None
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [5.0]
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnected and transport.disconnecting  # abortConnection
+
+
+def test_a_first_read_the_fast_path_leaves_gets_twisted_webs_set_up() -> None:
+    """A plain request sets the channel up as twisted.web would at connect: idle timer, producer."""
+    clock = Clock()
+    site = CrowSite(make_app().resource(), handshake_timeout=5.0, reactor=clock, timeout=60)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
+    channel = site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    clock.advance(1.0)
+    channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert channel.http_started and transport.producer is not None
+    assert b"page\n" in transport.value()
+    # The idle timer runs from the first read (the deadline covered the wait before it).
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [61.0]
+
+
+def test_an_idle_timeout_shorter_than_the_deadline_starts_at_connect() -> None:
+    clock = Clock()
+    site = CrowSite(make_app().resource(), handshake_timeout=5.0, reactor=clock, timeout=2)
+    transport = StringTransport()
+    channel = site.buildProtocol(None)
+    channel.makeConnection(transport)
+    assert channel.http_started
+    assert sorted(call.getTime() for call in clock.getDelayedCalls()) == [2.0, 5.0]
 
 
 @pytest.mark.parametrize("crow_site", [False, True])
@@ -245,3 +312,78 @@ def test_connection_made_by_fast_path_behaves() -> None:
     assert served.transport.disconnecting
     protocol.connectionLost(Failure(ConnectionDone()))
     assert seen == [("open", "10.1.2.3"), ("message", "x"), ("close", 1000)]
+
+
+@pytest.mark.parametrize("handler", ["none", "async-onclose"])
+def test_a_closed_connection_is_freed_without_the_cyclic_collector(handler: str) -> None:
+    """Once onclose has run and the transport lets go, nothing keeps the protocol (or its queue and
+    outgoing side) alive: reference counting frees it, with no collector pass per connection (on
+    crowtwist's fast paths; on autobahn's public ones the collector frees it)."""
+    import gc
+    import weakref
+
+    from twisted.internet.defer import Deferred
+
+    app = Crow()
+    later: list[Deferred[None]] = []
+    rule = app.route("/ws").websocket().onmessage(lambda conn, data, is_binary: conn.send_text(data))
+    if handler == "async-onclose":
+        def onclose(conn: Any, reason: str, code: int) -> Deferred[None]:
+            later.append(Deferred())
+            return later[-1]
+
+        rule.onclose(onclose)
+    served = Served(app.site(), head())
+    assert served.taken_fast
+    protocol: Any = served.transport.protocol
+    gone = weakref.ref(protocol)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        protocol.dataReceived(F.encode(F.TEXT, b"x") + F.encode(F.CLOSE, F.close_payload(1000, "")))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        del protocol
+        del served.transport.protocol  # as Twisted's TCP transport does once the connection is lost
+        if later:
+            assert gone() is not None  # onclose is still running: the connection is kept for it
+            later.pop().callback(None)
+        if not FAST:
+            # autobahn's public paths keep their own cycles: freed by the collector, still not kept.
+            gc.collect()
+        assert gone() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], [b"websocket"], [b"  WebSocket \t"], [b""], [b" "], [b"a,b"], [b"Upgrade", b"keep-alive"], [b"x\x85"], [b",,"]],
+)
+@pytest.mark.parametrize("lower", [True, False])
+def test_head_tokens_are_split_tokens(values: list[bytes], lower: bool) -> None:
+    """UpgradeHead.tokens (with its one-value shortcut) gives what split_tokens gives."""
+    from crowtwist._headers import split_tokens
+    from crowtwist.websocket._upgrade import UpgradeHead
+
+    head = UpgradeHead(b"GET", b"HTTP/1.1", b"/", {b"upgrade": values}.get)
+    assert head.tokens(b"upgrade", lower) == split_tokens(values, lower)
+    assert head.tokens(b"connection", lower) == []
+
+
+@pytest.mark.parametrize("asked", ["before", "after"])
+def test_the_protocols_closed_signal_fires_once_onclose_has_run(asked: str) -> None:
+    """``closed`` fires after onclose, whether asked for before the close or only after it."""
+    app = Crow()
+    seen: list[str] = []
+    app.route("/ws").websocket().onclose(lambda conn, reason, code: seen.append("onclose"))
+    served = Served(app.site(), head())
+    protocol: Any = served.transport.protocol
+    if asked == "before":
+        protocol.closed.addCallback(lambda _: seen.append("closed"))
+        assert seen == []
+    protocol.dataReceived(F.encode(F.CLOSE, F.close_payload(1000, "")))
+    protocol.connectionLost(Failure(ConnectionDone()))
+    if asked == "after":
+        protocol.closed.addCallback(lambda _: seen.append("closed"))
+    assert seen == ["onclose", "closed"]

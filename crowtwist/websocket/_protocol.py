@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from collections.abc import Sequence
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 
 from .._log import log
@@ -82,10 +82,29 @@ class _Glue(_Base):
     def __init__(self) -> None:
         super().__init__()
         self.conn: Connection | None = None
-        self.closed: Deferred[None] = Deferred()
-        """Fires once ``onclose`` (or the lack of one) has run for this connection."""
-        self._events = EventQueue(self._pause_reading, self._resume_reading, self._handler_failed)
+        hooks = self._hooks = _Hooks(self)
+        self._events = EventQueue(hooks.pause_reading, hooks.resume_reading, hooks.handler_failed)
         self._upgrade: tuple[Sequence[ParamValue], object] | None = None
+
+    _closed: Deferred[None] | None = None
+    _finished = False
+
+    @property
+    def closed(self) -> Deferred[None]:
+        """Fires once ``onclose`` (or the lack of one) has run for this connection.
+
+        Made when first asked for: nearly every connection closes without anyone waiting.
+        """
+        closed = self._closed
+        if closed is None:
+            closed = self._closed = succeed(None) if self._finished else Deferred()
+        return closed
+
+    def _finish(self) -> None:
+        self._finished = True
+        closed = self._closed
+        if closed is not None and not closed.called:
+            closed.callback(None)
 
     def configure(self, route: RouteHandlers) -> None:
         """Serve ``route``'s handlers with its limits."""
@@ -113,8 +132,9 @@ class _Glue(_Base):
         """
         route = self._route
         direct = self.plain_sends_allowed()
+        hooks = self._hooks
         out = self._out = Outgoing(
-            self.transport, self._writable_changed, route.settings.max_send_buffer, self._send_buffer_exceeded, direct
+            self.transport, hooks.writable_changed, route.settings.max_send_buffer, hooks.send_buffer_exceeded, direct
         )
         out.attach(fresh)
         self._upgrade = (params, userdata)
@@ -195,8 +215,8 @@ class _Glue(_Base):
         conn = self.conn
         self.sendable = False
         if conn is None or self._close_reported:
-            if conn is None and not self.closed.called:
-                self.closed.callback(None)
+            if conn is None:
+                self._finish()
             return
         self._close_reported = True
         code, reason = self.close_outcome(wasClean, code, reason)
@@ -489,10 +509,17 @@ class _Glue(_Base):
     # Reporting.
 
     def _fire_closed(self) -> None:
+        # The connection is done: its queue and outgoing side no longer call back
+        # into it, so it is freed as soon as the transport lets go, not by the
+        # cyclic garbage collector (whose passes cost each connection several µs).
+        self._hooks.protocol = None
+        # autobahn resolves its is_closed with the protocol itself, a cycle as well;
+        # nothing here waits on it, and a fired one without that result says the same.
+        if isinstance(self.is_closed, Deferred) and self.is_closed.called:
+            self.is_closed = succeed(None)
         if self.conn is not None:
             notify_closed(self.conn)
-        if not self.closed.called:
-            self.closed.callback(None)
+        self._finish()
 
     def _report_error(self, message: str, first: bool = False) -> None:
         if self.conn is None or self._error_reported:
@@ -526,6 +553,41 @@ class _Glue(_Base):
         kind = failure.type.__name__ if failure.type is not None else "an error"
         self._report_error(f"{event} handler raised {kind}: {failure.value}", first=True)
         self.start_close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+class _Hooks:
+    """What a connection's ``EventQueue`` and ``Outgoing`` call back, held apart from the protocol.
+
+    Bound methods of the protocol would make each of them a reference cycle
+    with it; this holder's reference is dropped once ``onclose`` has run.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: _Glue) -> None:
+        self.protocol: _Glue | None = protocol
+
+    def pause_reading(self) -> None:
+        if self.protocol is not None:
+            self.protocol._pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.protocol is not None:
+            self.protocol._resume_reading()
+
+    def handler_failed(self, failure: Failure, event: str) -> None:
+        if self.protocol is not None:
+            self.protocol._handler_failed(failure, event)
+        else:  # (nothing runs after onclose but what was queued before it; said all the same)
+            log.failure("{event} handler of a closed WebSocket raised", failure, event=event)
+
+    def writable_changed(self, writable: bool) -> None:
+        if self.protocol is not None:
+            self.protocol._writable_changed(writable)
+
+    def send_buffer_exceeded(self, queued: int) -> None:
+        if self.protocol is not None:
+            self.protocol._send_buffer_exceeded(queued)
 
 
 class CrowServerProtocol(_Glue, FastProtocol):  # type: ignore[misc]  # autobahn's two 'peer' annotations

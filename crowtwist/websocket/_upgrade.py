@@ -67,36 +67,46 @@ EndpointT = TypeVar("EndpointT", bound=UpgradeEndpoint)
 class UpgradeHead:
     """What an upgrade request says: method, HTTP version, path, and header values by name."""
 
-    __slots__ = ("method", "version", "path", "_values")
+    __slots__ = ("method", "version", "path", "_get")
 
-    def __init__(self, method: bytes, version: bytes, path: bytes, values: Callable[[bytes], Sequence[bytes]]) -> None:
+    def __init__(
+        self, method: bytes, version: bytes, path: bytes, get: Callable[[bytes, Sequence[bytes]], Sequence[bytes] | None]
+    ) -> None:
+        """``get(name, default)``: every value of header ``name`` (lower case), or ``default``."""
         self.method = method
         self.version = version
         self.path = path
-        self._values = values
+        self._get = get
 
     @classmethod
     def of(cls, request: Request) -> UpgradeHead:
         """The head of a request twisted.web has parsed."""
-        headers = request.requestHeaders
-        return cls(request.method, request.clientproto, request.path, lambda name: headers.getRawHeaders(name, []))
+        return cls(request.method, request.clientproto, request.path, request.requestHeaders.getRawHeaders)
 
     def values(self, name: bytes) -> Sequence[bytes]:
         """Every value of header ``name`` (lower case), in order."""
-        return self._values(name)
+        return self._get(name, ()) or ()
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of header ``name``, as twisted.web's ``getHeader`` gives it."""
-        values = self._values(name)
+        values = self._get(name, ())
         return values[-1] if values else None
 
     def tokens(self, name: bytes, lower: bool = True) -> list[str]:
         """The comma-separated tokens of every ``name`` header (lower-cased unless ``lower`` is false)."""
-        return split_tokens(self._values(name), lower)
+        values = self._get(name, ())
+        if not values:
+            return []
+        if len(values) == 1 and b"," not in values[0]:
+            # One value, one token (nearly every Upgrade and Connection header): as split_tokens gives it.
+            token = values[0].decode("latin-1").strip()
+            return [token.lower() if lower else token] if token else []
+        return split_tokens(values, lower)
 
     def extensions(self) -> str:
         """The ``Sec-WebSocket-Extensions`` offers, all headers joined."""
-        return ",".join(v.decode("latin-1") for v in self._values(b"sec-websocket-extensions"))
+        values = self._get(b"sec-websocket-extensions", ())
+        return ",".join(v.decode("latin-1") for v in values) if values else ""
 
 
 def _valid_key(value: bytes | None) -> bool:
@@ -154,8 +164,10 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
         return Refusal(UPGRADE_REQUIRED)
     if "upgrade" not in head.tokens(b"connection"):
         return Refusal(Response(400, "400 Bad Request: Connection: Upgrade missing\n"))
+    get = head._get
     for name, key in _SINGLETONS:
-        if len(head.values(key)) > 1:
+        values = get(key, ())
+        if values and len(values) > 1:
             return _bad_request(f"more than one {name} header")
     host = head.header(b"host")
     if host is None or not valid_host(host):
@@ -167,7 +179,8 @@ def refusal(head: UpgradeHead, rule: WebSocketRule, can_take_over: bool = True) 
     # RFC 9110 section 7.8: the new protocol starts after the whole request,
     # so a body would stand between the head and the first frame (websockets
     # refuses such upgrades too).
-    if head.values(b"transfer-encoding") or any(v.strip() != b"0" for v in head.values(b"content-length")):
+    lengths = get(b"content-length", ())
+    if get(b"transfer-encoding", ()) or (lengths and any(v.strip() != b"0" for v in lengths)):
         return _bad_request("a WebSocket upgrade request may not have a body")
     extensions = head.extensions()
     problem = extension_error(extensions) if extensions else None
@@ -203,24 +216,30 @@ def take_over(
     go to the socket directly.
     """
     transport: Any = channel.transport
+    # A channel whose twisted.web set-up never ran (the fast path's) has no
+    # idle timer, no producer registration and no paused reading to undo.
+    http = True
     if isinstance(channel, DeadlineChannel):
         channel.upgraded()
-    # The channel is done with: its idle timeout must not fire on a transport it gave away.
-    channel.setTimeout(None)
+        http = channel.http_started
+    if http:
+        # The channel is done with: its idle timeout must not fire on a transport it gave away.
+        channel.setTimeout(None)
+        # The HTTP channel registered itself as the transport's producer and
+        # would keep itself (and its request) alive through it.
+        transport.unregisterProducer()
     protocol = rule.factory.build(transport.getPeer())
-    # The HTTP channel registered itself as the transport's producer and
-    # would keep itself (and its request) alive through it.
-    transport.unregisterProducer()
     channel.transport = None
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = protocol  # TLS: the channel sat inside the TLS wrapper
     else:
         transport.protocol = protocol
     protocol.makeConnection(transport)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
-    # twisted.web pauses reading while a request is handled; nothing else will resume it.
-    producer = IPushProducer(transport, None)
-    if producer is not None:
-        producer.resumeProducing()
+    if http:
+        # twisted.web pauses reading while a request is handled; nothing else will resume it.
+        producer = IPushProducer(transport, None)
+        if producer is not None:
+            producer.resumeProducing()
     offered = head.tokens(b"sec-websocket-protocol", lower=False)
     extensions = head.extensions()
     protocol.accept_upgrade(
@@ -229,7 +248,7 @@ def take_over(
         # Only the offers we can take: autobahn would fail the handshake on the
         # others, where RFC 7692 section 5 has them declined.
         extensions=acceptable_offers(extensions) if extensions else "",
-        subprotocol=rule.choose_subprotocol(offered),
+        subprotocol=rule.choose_subprotocol(offered) if offered else None,
         params=params,
         userdata=userdata,
         path=head.path.decode("latin-1"),
@@ -239,8 +258,9 @@ def take_over(
 
 
 # The fast path's idea of an ordinary head; anything else is twisted.web's to judge.
-_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\Z")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*?)[ \t]*\Z")
+_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\r\n")
+# One header line each, from its CRLF to the next: a line that does not match is not counted.
+_HEADER_LINES = re.compile(rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*)(?=\r\n)")
 # Headers that change how the request is read or answered.
 _NOT_FAST = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 # Well under twisted.web's own limits (16 KiB of headers, 500 of them).
@@ -253,28 +273,27 @@ def _parse_head(data: bytes) -> tuple[UpgradeHead, bytes] | None:
     end = data.find(b"\r\n\r\n", 0, _MAX_HEAD)
     if end < 0:
         return None
-    lines = data[:end].split(b"\r\n")
-    if len(lines) > _MAX_HEADERS + 1:
-        return None
-    first = _REQUEST_LINE.match(lines[0])
+    first = _REQUEST_LINE.match(data)
     if first is None:
         return None
+    start = first.end() - 2  # (each header line is matched from the CRLF before it)
+    fields = _HEADER_LINES.findall(data, start, end + 2)
+    # Every line is a header line when there are as many matches as line ends.
+    if len(fields) > _MAX_HEADERS or len(fields) != data.count(b"\r\n", start, end + 2) - 1:
+        return None
     headers: dict[bytes, list[bytes]] = {}
-    for line in lines[1:]:
-        found = _HEADER_LINE.match(line)
-        if found is None:
-            return None
-        name = found[1].lower()
-        if name in _NOT_FAST:
-            return None
+    for name, value in fields:
+        name = name.lower()
+        value = value.rstrip(b" \t")
         values = headers.get(name)
         if values is None:
-            headers[name] = [found[2]]
+            headers[name] = [value]
         else:
-            values.append(found[2])
+            values.append(value)
+    if not _NOT_FAST.isdisjoint(headers):
+        return None
     path = first[1].partition(b"?")[0]
-    empty: list[bytes] = []
-    return UpgradeHead(b"GET", b"HTTP/1.1", path, lambda name: headers.get(name, empty)), data[end + 4 :]
+    return UpgradeHead(b"GET", b"HTTP/1.1", path, headers.get), data[end + 4 :]
 
 
 def _route(root: RouteNode[EndpointT], path: bytes) -> tuple[WebSocketRule, list[ParamValue]] | None:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
+from ..._twisted import close_at_once
 from .._close import CloseCode, CloseFrameError, parse_close
 from .._hooks import ProtocolHooks
 
@@ -35,6 +40,26 @@ class ClosingProtocol(ProtocolHooks):
     """The code and message this connection was failed with on an invalid close frame."""
     _drop_timer: Any = None
     """Aborts a connection whose close did not finish within the close timeout."""
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None:
+        # autobahn's, for the case every close is (open, unmasked, no frame
+        # logging): the frame built here rather than by its general sendFrame.
+        # The same frame, the same state after (state, closedByMe,
+        # localCloseCode/Reason, the close handshake timer).
+        me: Any = self  # (options copied from the factory, and close state autobahn leaves unannotated)
+        payload = (b"" if code is None else code.to_bytes(2, "big")) + (reasonUtf8 or b"")
+        if self.state != _OPEN or len(payload) > 125 or me.maskServerFrames or me.logFrames:
+            super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+            return
+        self.sendData(bytes((0x88, len(payload))) + payload)
+        self.state = _CLOSING
+        self.closedByMe = not isReply
+        me.localCloseCode = code
+        me.localCloseReason = reasonUtf8
+        if self.closedByMe and self.closeHandshakeTimeout > 0:
+            self.closeHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.closeHandshakeTimeout, self.onCloseHandshakeTimeout
+            )
 
     def start_close(self, code: int, reason: str) -> None:
         """The application closes: a close frame, then wait for the peer's."""
@@ -178,6 +203,10 @@ class ClosingProtocol(ProtocolHooks):
         self.flush_outgoing()
         # Not abortConnection, even with nothing left to send: it closes with
         # a reset, which may discard the close frame before the peer reads it.
+        # With nothing left in the transport either, the socket closes now
+        # (connectionLost runs before this returns), not a reactor turn later.
+        if close_at_once(transport):
+            return
         super()._closeConnection(False)
         # But a peer that reads nothing more, or never ends TLS, would hold the
         # connection and its onclose forever: the close timeout bounds this too.
@@ -186,8 +215,23 @@ class ClosingProtocol(ProtocolHooks):
                 self.closeHandshakeTimeout or 5.0, self._abort_lingering
             )
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # autobahn's version formats debug lines (its highlighting helpers
+        # included) on every close, logging or not; a TLS error it logs at
+        # error level, and at debug level everything is its own.
+        if isinstance(reason.value, (ConnectionDone, ConnectionAborted, ConnectionLost)) and not _autobahn_debugging():
+            self._connectionLost(reason)  # type: ignore[arg-type]  # autobahn annotates it str; it gets the Failure
+        else:
+            super().connectionLost(reason)
+
     def _abort_lingering(self) -> None:
         self._drop_timer = None
         transport: Any = self.transport
         if transport is not None and getattr(transport, "connected", True):
             transport.abortConnection()
+
+
+def _autobahn_debugging() -> bool:
+    """Whether autobahn's own debug lines are wanted (txaio's level, which its loggers follow)."""
+    level: str = getattr(txaio, "get_global_log_level")()  # (txaio's stubs lack it; tx and aio both have it)
+    return level in ("debug", "trace")

@@ -105,12 +105,12 @@ class FastProtocol(ClosingProtocol):
         # details (two system calls) that only WAMP reads.
         transport: Any = self.transport
         self.peer = peer2str(transport)
-        # Asked rather than assumed: a TLS or UNIX transport may not have it.
-        get_no_delay = getattr(transport, "getTcpNoDelay", None)
-        if get_no_delay is not None:
+        # Set, not asked first: on the site's fast path nothing has set it yet,
+        # and asking costs the same system call.  (A UNIX transport has no such method.)
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
             try:
-                if bool(get_no_delay()) != bool(self.tcpNoDelay):
-                    transport.setTcpNoDelay(self.tcpNoDelay)
+                set_no_delay(self.tcpNoDelay)
             except OSError:  # not a TCP socket
                 pass
         self._connectionMade()
