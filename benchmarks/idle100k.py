@@ -235,20 +235,47 @@ class Proc:
         return self.popen.returncode
 
 
-def rss_kib(pid: int) -> int:
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers, with ``--workers``)."""
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += tree(int(child))
+    return found
+
+
+def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of the server's process tree."""
+    return sum(_status_kib(p, "VmRSS") for p in tree(pid))
+
+
+def pss_kib(pid: int) -> int:
+    """PSS of the server's process tree: shared pages counted once over the processes sharing them."""
+    total = 0
+    for p in tree(pid):
+        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
 
 
 def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of the server's process tree (the dead ones' are in cutime and cstime)."""
+    total = 0.0
+    for p in tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in tree(pid))
 
 
 def free_port() -> int:
@@ -257,10 +284,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int, log: Path, cpu: str) -> Proc:
+def start_server(port: int, log: Path, cpu: str, workers: int) -> Proc:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = ["taskset", "-c", cpu, TWISTD, "-n", "--pidfile=", "crow", "--routes", "examples.echo",
            "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096"]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     server = Proc(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -268,7 +297,7 @@ def start_server(port: int, log: Path, cpu: str) -> Proc:
             raise RuntimeError(f"the server exited: see {log}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.5).close()
-            time.sleep(1.0)  # settle: imports done, first allocations made
+            time.sleep(1.0 + workers)  # settle: imports done, first allocations made
             return server
         except OSError:
             time.sleep(0.2)
@@ -312,6 +341,8 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=2000, help="handshakes in flight")
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpu", default="1")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="server processes (default: 1 if `ulimit -n` can be raised enough, else as many as needed)")
     parser.add_argument("--json", type=Path, help="append the JSON line to this file")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -321,80 +352,103 @@ def main() -> int:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.conns + 4096
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, 1048576) if os.geteuid() == 0 else hard,) * 2)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, 1048576),) * 2)  # root with CAP_SYS_RESOURCE
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # up to the hard limit only
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if args.client:
         return client(args.port, args.conns, args.addresses.split(","), args.path, args.window, args.deadline)
 
+    # Without CAP_SYS_RESOURCE the hard limit stands (20,000 on the machine of the
+    # figures): the connections are spread over worker processes (SO_REUSEPORT,
+    # the kernel hashing each to one) and client processes, each within it.
+    per_process = limit - 2500  # room for the echo connections and the kernel's uneven spread
+    workers = args.workers or max(1, -(-(args.conns + 3000) // per_process))
+    clients = max(1, -(-args.conns // (limit - 100)))
     wsload = build_wsload()
     n_addr = -(-args.conns // PER_ADDRESS)
     addresses = [f"127.0.0.{2 + i}" for i in range(n_addr)]
     logs = Path("/tmp/idle100k-logs")
     logs.mkdir(exist_ok=True)
-    fig: dict[str, Any] = {"conns": args.conns, "addresses": addresses, "hold_s": args.hold,
+    fig: dict[str, Any] = {"conns": args.conns, "addresses": addresses, "hold_s": args.hold, "nofile": limit,
+                           "workers": workers, "client_processes": clients,
                            "echo": f"wsload throughput -c {args.echo_conns} -k 1 -s 64 -d {args.echo_duration}"}
     procs: list[Proc] = []
     budget = time.monotonic() + 600 + args.hold + 3 * args.echo_duration
     try:
         port = free_port()
-        server = start_server(port, logs / "server-idle.log", args.server_cpu)
+        server = start_server(port, logs / "server-idle.log", args.server_cpu, workers)
         procs.append(server)
         fig["rss_before_kib"] = rss_kib(server.pid)
+        fig["pss_before_kib"] = pss_kib(server.pid)
         cpu0 = cpu_s(server.pid)
-        idle = Proc([sys.executable, __file__, "--client", "--port", str(port), "--conns", str(args.conns),
-                     "--addresses", ",".join(addresses), "--path", args.path, "--window", str(args.window),
-                     "--deadline", str(budget)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                    preexec_fn=lambda: os.sched_setaffinity(0, {int(args.client_cpu)}))
-        procs.append(idle)
-        assert idle.popen.stdin is not None and idle.popen.stdout is not None
+        share = [args.conns // clients + (i < args.conns % clients) for i in range(clients)]
+        idles = []
+        for i, count in enumerate(share):
+            mine = addresses[i % len(addresses):] + addresses[:i % len(addresses)]
+            idle = Proc([sys.executable, __file__, "--client", "--port", str(port), "--conns", str(count),
+                         "--addresses", ",".join(mine), "--path", args.path,
+                         "--window", str(max(1, args.window // clients)), "--deadline", str(budget)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                        preexec_fn=lambda: os.sched_setaffinity(0, {int(args.client_cpu)}))
+            procs.append(idle)
+            idles.append(idle)
 
-        def ask() -> dict[str, Any]:
-            assert idle.popen.stdin is not None and idle.popen.stdout is not None
-            idle.popen.stdin.write("status\n")
-            idle.popen.stdin.flush()
-            return dict(json.loads(idle.popen.stdout.readline()))
+        def read(idle: Proc) -> dict[str, Any]:
+            assert idle.popen.stdout is not None
+            return dict(json.loads(idle.popen.stdout.readline() or "{}"))  # the client's deadline bounds this
+
+        def ask(command: str) -> dict[str, Any]:
+            for idle in idles:
+                assert idle.popen.stdin is not None
+                idle.popen.stdin.write(command + "\n")
+                idle.popen.stdin.flush()
+            total: dict[str, Any] = {}
+            for idle in idles:
+                for key, value in read(idle).items():
+                    total[key] = total.get(key, 0) + value if isinstance(value, (int, float)) else value
+            return total
 
         t0 = time.monotonic()
-        up = json.loads(idle.popen.stdout.readline() or "{}")  # the client's deadline bounds this
-        if up.get("event") != "up":
-            raise RuntimeError(f"the idle client failed: {up}")
-        fig["up"] = up["up"]
-        fig["failed"] = up["failed"]
+        ups = [read(idle) for idle in idles]
+        if any(up.get("event") != "up" for up in ups):
+            raise RuntimeError(f"an idle client failed: {ups}")
+        fig["up"] = sum(up["up"] for up in ups)
+        fig["failed"] = sum(up["failed"] for up in ups)
         fig["up_seconds"] = round(time.monotonic() - t0, 1)
         fig["connect_cpu_s"] = round(cpu_s(server.pid) - cpu0, 2)
         fig["rss_up_kib"] = rss_kib(server.pid)
-        print(f"idle100k: {up['up']} up in {fig['up_seconds']} s, RSS {fig['rss_up_kib'] / 1024:.1f} MiB; "
+        print(f"idle100k: {fig['up']} up in {fig['up_seconds']} s, RSS {fig['rss_up_kib'] / 1024:.1f} MiB; "
               f"holding {args.hold} s", file=sys.stderr)
         cpu1 = cpu_s(server.pid)
         time.sleep(args.hold)
         fig["hold_cpu_s"] = round(cpu_s(server.pid) - cpu1, 2)
         fig["hold_cpu_pct"] = round(100 * fig["hold_cpu_s"] / args.hold, 1)
         fig["rss_held_kib"] = rss_kib(server.pid)
-        fig["kib_per_conn"] = round((fig["rss_held_kib"] - fig["rss_before_kib"]) / max(up["up"], 1), 2)
+        fig["pss_held_kib"] = pss_kib(server.pid)
+        fig["kib_per_conn"] = round((fig["rss_held_kib"] - fig["rss_before_kib"]) / max(fig["up"], 1), 2)
         fig["server_fds_held"] = open_fds(server.pid)
-        status = ask()
+        status = ask("status")
         fig["pings_answered"] = status["pongs"]
         print(f"idle100k: held, RSS {fig['rss_held_kib'] / 1024:.1f} MiB, {status}; echo beside them",
               file=sys.stderr)
         fig["echo_with"] = echo(wsload, port, args.client_cpu, server.pid, args)
         fig["rss_after_echo_kib"] = rss_kib(server.pid)
-        status = ask()
-        fig["lost"] = status["lost"]
+        status = ask("status")
         fig["still_open"] = status["up"]
         fig["pings_answered"] = status["pongs"]
-        idle.popen.stdin.write("quit\n")
-        idle.popen.stdin.flush()
-        done = json.loads(idle.popen.stdout.readline() or "{}")
-        fig["lost"] = done.get("lost", fig["lost"])
-        idle.stop()
+        done = ask("quit")
+        fig["lost"] = done.get("lost", status["lost"])
+        for idle in idles:
+            idle.stop()
         fig["server_exit"] = server.stop(30)
         for log_line in (logs / "server-idle.log").read_text().splitlines():
             if "Traceback" in log_line or "[crowtwist#error]" in log_line:
                 fig.setdefault("server_errors", []).append(log_line)
 
         port = free_port()
-        fresh = start_server(port, logs / "server-fresh.log", args.server_cpu)
+        fresh = start_server(port, logs / "server-fresh.log", args.server_cpu, workers)
         procs.append(fresh)
         fig["echo_without"] = echo(wsload, port, args.client_cpu, fresh.pid, args)
         fresh.stop()
@@ -410,10 +464,12 @@ def main() -> int:
     print(f"""
 | figure | value |
 |---|---|
+| server processes (`ulimit -n` {limit:,}) | {workers} (client processes: {clients}) |
 | idle connections up | {fig['up']:,} of {args.conns:,} in {fig['up_seconds']} s, from {len(addresses)} addresses \
 ({addresses[0]}..{addresses[-1]}); server CPU {fig['connect_cpu_s']} s |
 | server RSS | {fig['rss_before_kib'] / 1024:.1f} MiB before, {fig['rss_up_kib'] / 1024:.1f} MiB all up, \
-{fig['rss_held_mib']} MiB after {args.hold:g} s held (target < 700) |
+{fig['rss_held_mib']} MiB after {args.hold:g} s held (target < 700); PSS {fig['pss_before_kib'] / 1024:.1f} \
+→ {fig['pss_held_kib'] / 1024:.1f} MiB |
 | RSS per idle connection | {fig['kib_per_conn']} KiB |
 | server CPU while idle (pings every 20 s) | {fig['hold_cpu_s']} s over {args.hold:g} s: {fig['hold_cpu_pct']} % of one core; \
 {fig['pings_answered']:,} pings answered |
