@@ -71,14 +71,17 @@ class _Glue(_Base):
     _assembler: MessageAssembler | None = None
     _max_payload: int | None = None
     _out: Outgoing | None = None
+    _upgrade: tuple[Sequence[ParamValue], object] | None = None
+    """The route's parameters and ``onaccept``'s userdata, until ``onopen``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conn: Connection | None = None
         self.closed: Deferred[None] = Deferred()
         """Fires once ``onclose`` (or the lack of one) has run for this connection."""
-        self._events = EventQueue(self._pause_reading, self._resume_reading, self._handler_failed)
-        self._upgrade: tuple[Sequence[ParamValue], object] | None = None
+        # (the class's functions and this connection: no bound methods held per connection)
+        cls = type(self)
+        self._events = EventQueue(cls._pause_reading, cls._resume_reading, cls._handler_failed, owner=self)
 
     def configure(self, route: RouteHandlers) -> None:
         """Serve ``route``'s handlers with its limits."""
@@ -143,8 +146,7 @@ class _Glue(_Base):
     # autobahn's public hooks.
 
     def onOpen(self) -> None:
-        params, userdata = self._upgrade or ((), None)
-        self._upgrade = None
+        params, userdata = self.__dict__.pop("_upgrade", None) or ((), None)
         route = self._route
         self.sendable = True
         conn = self.conn = Connection(
@@ -456,11 +458,11 @@ class _Glue(_Base):
         self.start_close(CloseCode.INTERNAL_ERROR, "internal error")
 
 
-class CrowServerProtocol(_Glue, FastProtocol):  # type: ignore[misc]  # autobahn's two 'peer' annotations
+class CrowServerProtocol(_Glue, FastProtocol):
     """A connection served on crowtwist's fast paths (``_autobahn``'s guard passed)."""
 
 
-class PublicCrowProtocol(_Glue, PublicProtocol):  # type: ignore[misc]  # autobahn's two 'peer' annotations
+class PublicCrowProtocol(_Glue, PublicProtocol):
     """A connection served on autobahn's documented API alone (the guard failed, or was told to)."""
 
 
