@@ -102,3 +102,19 @@ def test_params_and_userdata_reach_onopen_and_leave() -> None:
     client = MemoryClient(app, "/ws/7")
     assert client.status == 101 and seen == [((7,), userdata)]
     assert "_upgrade" not in client.protocol.__dict__ and client.protocol._upgrade is None
+
+
+def test_is_closed_is_made_on_first_use_and_fires_as_autobahns() -> None:
+    """autobahn's ``is_closed``: asked before the close it fires then; asked after, it has fired."""
+    app, _ = _app()
+    early = MemoryClient(app, "/ws")
+    assert "is_closed" not in early.protocol.__dict__
+    waiting = early.protocol.is_closed
+    assert not waiting.called
+    early.send_close(1000)
+    early.drop(clean=True)
+    assert waiting.called and waiting.result is early.protocol
+    late = MemoryClient(app, "/ws")
+    late.send_close(1000)
+    late.drop(clean=True)
+    assert late.protocol.is_closed.called and late.protocol.is_closed.result is late.protocol

@@ -118,6 +118,12 @@ class FastProtocol(ClosingProtocol):
         return {name: None for name in self._valid_events}
 
     @cached_property
+    def is_closed(self) -> Deferred[Any]:  # made on first use
+        # autobahn resolves it through this attribute, which makes it then at
+        # the latest: whoever asks later gets that one, fired.
+        return Deferred()
+
+    @cached_property
     def peer(self) -> str:  # type: ignore[override]  # made on first use (autobahn's logs)
         return peer2str(cast(Any, self.transport))
 
@@ -126,6 +132,7 @@ class FastProtocol(ClosingProtocol):
         state = self.__dict__
         del state["_transport_details"]  # a placeholder from autobahn; made on first use
         del state["_results"]
+        del state["is_closed"]
         events = state.pop("_valid_events")
         if events != _EVENTS:  # (another autobahn version's)
             state["_valid_events"] = events
