@@ -78,13 +78,14 @@ class _Glue(_Base):
     """permessage-deflate on crowtwist's parser: this connection's inflater and deflater."""
     _inflating = False
     """A compressed message has begun and its last frame is still to come."""
+    _upgrade: tuple[Sequence[ParamValue], object] | None = None
+    """The route's parameters and ``onaccept``'s userdata, until ``onopen``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conn: Connection | None = None
         hooks = self._hooks = _Hooks(self)
         self._events = EventQueue(hooks.pause_reading, hooks.resume_reading, hooks.handler_failed)
-        self._upgrade: tuple[Sequence[ParamValue], object] | None = None
 
     _closed: Deferred[None] | None = None
     _finished = False
@@ -175,8 +176,7 @@ class _Glue(_Base):
     # autobahn's public hooks.
 
     def onOpen(self) -> None:
-        params, userdata = self._upgrade or ((), None)
-        self._upgrade = None
+        params, userdata = self.__dict__.pop("_upgrade", None) or ((), None)
         route = self._route
         self.sendable = True
         conn = self.conn = Connection(
@@ -590,11 +590,11 @@ class _Hooks:
             self.protocol._send_buffer_exceeded(queued)
 
 
-class CrowServerProtocol(_Glue, FastProtocol):  # type: ignore[misc]  # autobahn's two 'peer' annotations
+class CrowServerProtocol(_Glue, FastProtocol):
     """A connection served on crowtwist's fast paths (``_autobahn``'s guard passed)."""
 
 
-class PublicCrowProtocol(_Glue, PublicProtocol):  # type: ignore[misc]  # autobahn's two 'peer' annotations
+class PublicCrowProtocol(_Glue, PublicProtocol):
     """A connection served on autobahn's documented API alone (the guard failed, or was told to)."""
 
 
