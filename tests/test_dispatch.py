@@ -276,38 +276,3 @@ def test_closing_resumes_reading_and_never_pauses_again() -> None:
         r.queue.push_message(h, 1, i)  # the queue is full: dropped, and no pause
     gate.callback(None)
     assert r.log == [0, "pause", "resume", 1, 2]
-
-
-class _Owner:
-    """A connection as the queue sees it with ``owner``: its class's functions, no bound methods."""
-
-    def __init__(self) -> None:
-        self.log: list[Any] = []
-        self.queue = EventQueue(_Owner.pause, _Owner.resume, _Owner.failed, max_messages=2, owner=self)
-
-    def pause(self) -> None:
-        self.log.append(("pause", self))
-
-    def resume(self) -> None:
-        self.log.append(("resume", self))
-
-    def failed(self, failure: Failure, event: str) -> None:
-        self.log.append(("failed", self, event, failure.type))
-
-
-def test_owner_gets_pause_resume_and_failures() -> None:
-    """With ``owner``, the callables get it first: pause and resume at the bounds, failures with the event."""
-    owner = _Owner()
-    gate: Deferred[None] = Deferred()
-    slow = Handler(lambda x: gate, "onmessage", 1, 1)
-    quick = Handler(lambda x: None, "onmessage", 1, 1)
-    owner.queue.push(slow, 0)
-    owner.queue.push(quick, 1)
-    owner.queue.push(quick, 2)
-    assert owner.log == [("pause", owner)] and owner.queue.paused
-    gate.callback(None)
-    assert owner.log == [("pause", owner), ("resume", owner)] and not owner.queue.paused
-    owner.queue.push(Handler(lambda x: 1 // 0, "onopen", 1, 1), 3)
-    assert owner.log[-1] == ("failed", owner, "onopen", ZeroDivisionError)
-    # (the queue holds the owner and three plain functions: nothing bound per connection)
-    assert owner.queue._pause is _Owner.pause and owner.queue._owner is owner

@@ -16,10 +16,6 @@ reactor or a socket:
 * ``pause()`` / ``resume()``: stop and restart reading from the peer;
 * ``failed(failure, event)``: a handler raised (or its Deferred failed).
 
-With ``owner``, they are its class's functions, called with ``owner`` first:
-a connection passes its own, so its queue holds no bound methods (three of
-them are ~190 bytes per connection, which 100,000 idle ones would all pay).
-
 After a failure, events not yet run are dropped, except the ones pushed as
 ``essential`` (``onerror`` and ``onclose``), which always run.  ``close()``
 (the connection is gone) cancels the pending handler and drops the queued
@@ -54,17 +50,16 @@ class EventQueue:
 
     __slots__ = (
         "_queue", "_running", "_waiting", "paused", "_failed", "_closed", "_closing", "_pending",
-        "_pause", "_resume", "_on_failure", "_owner", "_count", "_bytes", "max_messages", "max_bytes",
+        "_pause", "_resume", "_on_failure", "_count", "_bytes", "max_messages", "max_bytes",
     )
 
     def __init__(
         self,
-        pause: Callable[..., object],
-        resume: Callable[..., object],
-        failed: Callable[..., object],
+        pause: Callable[[], object],
+        resume: Callable[[], object],
+        failed: Callable[[Failure, str], object],
         max_messages: int | None = DEFAULT_MAX_QUEUE,
         max_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES,
-        owner: object = None,
     ) -> None:
         # Created when an event has to wait: most connections never need one.
         self._queue: deque[_Event] | None = None
@@ -79,7 +74,6 @@ class EventQueue:
         self._pause = pause
         self._resume = resume
         self._on_failure = failed
-        self._owner = owner
         # Messages waiting, and their bytes.
         self._count = 0
         self._bytes = 0
@@ -139,7 +133,7 @@ class EventQueue:
                 self._bytes += size
                 if not self.paused and not self._closing and self._full():
                     self.paused = True
-                    self._call(self._pause)
+                    self._pause()
             return
         # The common case, inline: nothing ahead of this event.
         self._running = True
@@ -214,7 +208,7 @@ class EventQueue:
     def _resume_reading(self) -> None:
         self.paused = False
         if not self._closed:
-            self._call(self._resume)
+            self._resume()
 
     def _run(self, handler: Handler, args: tuple[Any, ...]) -> None:
         try:
@@ -247,14 +241,7 @@ class EventQueue:
         if not self._failed:
             self._failed = True
             self._drop_inessential()
-        self._call(self._on_failure, failure, event)
-
-    def _call(self, func: Callable[..., object], *args: Any) -> None:
-        owner = self._owner
-        if owner is None:
-            func(*args)
-        else:
-            func(owner, *args)
+        self._on_failure(failure, event)
 
     def _drop_inessential(self) -> None:
         if self._queue:

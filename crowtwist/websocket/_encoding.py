@@ -69,17 +69,16 @@ def data_header(is_binary: bool, length: int) -> bytes:
 
     ``frame_header`` with its options fixed, for the per-message send path.
     """
-    first = 0x82 if is_binary else 0x81
-    if length < 126:
-        return bytes((first, length))
-    if length < 65536:
-        return _HEADER_16.pack(first, 126, length)
-    return _HEADER_64.pack(first, 127, length)
+    return _whole_header(0x82 if is_binary else 0x81, length)
 
 
 def compressed_header(is_binary: bool, length: int) -> bytes:
     """``data_header`` with RSV1 set: a whole permessage-deflate message of ``length`` compressed bytes."""
-    first = 0xC2 if is_binary else 0xC1
+    return _whole_header(0xC2 if is_binary else 0xC1, length)
+
+
+def _whole_header(first: int, length: int) -> bytes:
+    # FIN, no mask: the length in its shortest form (RFC 6455 5.2).
     if length < 126:
         return bytes((first, length))
     if length < 65536:
