@@ -504,6 +504,18 @@ TLS_NAMES = ("BufferingTLSTransport._aggregator.flush",)
 _tls_checked: list[bool] = []
 
 
+def _sets_aggregator(buffering: type) -> bool:
+    """Whether ``buffering`` gives its instances an ``_aggregator``.
+
+    Twisted 26.10 annotates it on the class; 26.4 only assigns it in ``__init__``,
+    so the assignment in ``__init__``'s code is what both have.
+    """
+    if "_aggregator" in getattr(buffering, "__annotations__", {}):
+        return True
+    code = getattr(vars(buffering).get("__init__"), "__code__", None)
+    return code is not None and "_aggregator" in code.co_names
+
+
 def _tls_names_present() -> bool:
     """Whether Twisted's TLS transport has the aggregator the writer flushes (checked once)."""
     if not _tls_checked:
@@ -517,7 +529,7 @@ def _tls_names_present() -> bool:
         ok = (
             isinstance(buffering, type)
             and issubclass(buffering, tls.TLSMemoryBIOProtocol)
-            and "_aggregator" in getattr(buffering, "__annotations__", {})
+            and _sets_aggregator(buffering)
             and callable(getattr(aggregate, "flush", None))
             and callable(getattr(tls.TLSMemoryBIOProtocol, "write", None))
         )

@@ -69,7 +69,8 @@ SERVER = textwrap.dedent(
     tls = serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={{sys.argv[1]}}:certKey={{sys.argv[2]}}")
 
     def listening(port):
-        print("PORT", port.getHost().port, "WRITER", not _twisted.PUBLIC, flush=True)
+        # (whether the private writer is in use: forced off, or its guard found Twisted's names changed)
+        print("PORT", port.getHost().port, "WRITER", not _twisted.PUBLIC and _twisted._tls_names_present(), flush=True)
 
     tls.listen(app.site()).addCallback(listening)
     reactor.run()
@@ -214,3 +215,23 @@ def test_the_fallback_is_taken_when_forced_or_when_the_aggregator_is_missing(mon
     monkeypatch.setattr(_twisted, "PUBLIC", False)
     monkeypatch.setattr(_twisted, "_tls_checked", [False])  # the guard found the names changed
     assert _twisted.tls_writer(Transport()) is None
+
+
+def test_the_guard_knows_the_aggregator_whether_annotated_or_only_assigned() -> None:
+    """Twisted 26.10 annotates ``_aggregator`` on the class and 26.4 only assigns it in ``__init__``: both count, neither does not."""
+
+    class Annotated:
+        _aggregator: object
+
+    class Assigned:
+        def __init__(self) -> None:
+            self._aggregator = object()
+
+    class Neither:
+        def __init__(self) -> None:
+            self.other = object()
+
+    assert _twisted._sets_aggregator(Annotated)
+    assert _twisted._sets_aggregator(Assigned)
+    assert not _twisted._sets_aggregator(Neither)
+    assert not _twisted._sets_aggregator(type("Bare", (), {}))
