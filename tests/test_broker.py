@@ -620,6 +620,7 @@ def test_two_twistd_processes_share_rooms_and_broadcasts_through_redis_restarts(
             )
             wait_for_subscribers(redis, "crowtwist:0:room:blue", 2)
             wait_for_subscribers(redis, "crowtwist:0:route:/all", 2)
+            wait_for_clients(redis, 4)  # both processes' publishers too
             a.send("hello blue")
             assert ws_recv(b) == "hello blue" and ws_recv(a) == "hello blue"
             y.send(b"\x00to all")
@@ -658,6 +659,7 @@ def test_workers_share_rooms_through_the_broker(redis: RedisServer) -> None:
                     break
             assert len(by_pid) == 2
             wait_for_subscribers(redis, "crowtwist:0:room:w", 2)
+            wait_for_clients(redis, 4)  # both workers' publishers too
             first, second = by_pid.values()
             first.send("across workers")
             assert ws_recv(second) == "across workers" and ws_recv(first) == "across workers"
@@ -682,9 +684,15 @@ def wait_for_subscribers(redis: RedisServer, channel: str, count: int, seconds: 
 
 
 def wait_for_clients(redis: RedisServer, count: int, seconds: float = 30.0) -> None:
-    """Until Redis has ``count`` clients besides the one asking."""
+    """Until Redis has ``count`` clients besides the one asking that have sent it a command.
+
+    A broker's link PINGs first and is used once the answer is back, and Redis answered that
+    PING before this CLIENT LIST: a link connected but not yet answered would drop a publish
+    (delivered locally only, as while Redis is away) and fail the test by a race.
+    """
     deadline = time.monotonic() + seconds
-    while redis.command("CLIENT", "LIST").count(b"id=") - 1 < count:
+    while sum(1 for line in redis.command("CLIENT", "LIST").split(b"\n")
+              if b" id=" in b" " + line and b" cmd=NULL" not in line and b" cmd=client|list" not in line) < count:
         if time.monotonic() > deadline:
             raise AssertionError(f"Redis did not reach {count} clients within {seconds}s")
         time.sleep(0.02)
