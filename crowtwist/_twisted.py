@@ -505,13 +505,11 @@ _tls_checked: list[bool] = []
 
 
 def _sets_aggregator(buffering: type) -> bool:
-    """Whether ``buffering`` gives its instances an ``_aggregator``.
+    """Whether ``buffering``'s own ``__init__`` assigns ``self._aggregator``.
 
-    Twisted 26.10 annotates it on the class; 26.4 only assigns it in ``__init__``,
-    so the assignment in ``__init__``'s code is what both have.
+    Twisted 26.10 also annotates it on the class, 26.4 does not: the assignment,
+    which the writer relies on, is what both have.
     """
-    if "_aggregator" in getattr(buffering, "__annotations__", {}):
-        return True
     code = getattr(vars(buffering).get("__init__"), "__code__", None)
     return code is not None and "_aggregator" in code.co_names
 

@@ -683,6 +683,15 @@ def wait_for_subscribers(redis: RedisServer, channel: str, count: int, seconds: 
         time.sleep(0.02)
 
 
+def answered_clients(redis: RedisServer) -> int:
+    """Redis's clients that have sent it a command, the CLIENT LIST asking excluded."""
+    lines = redis.command("CLIENT", "LIST").split(b"\n")
+    return sum(
+        1 for line in lines
+        if line.startswith(b"id=") and b" cmd=NULL " not in line and b" cmd=client|list " not in line
+    )
+
+
 def wait_for_clients(redis: RedisServer, count: int, seconds: float = 30.0) -> None:
     """Until Redis has ``count`` clients besides the one asking that have sent it a command.
 
@@ -691,8 +700,7 @@ def wait_for_clients(redis: RedisServer, count: int, seconds: float = 30.0) -> N
     (delivered locally only, as while Redis is away) and fail the test by a race.
     """
     deadline = time.monotonic() + seconds
-    while sum(1 for line in redis.command("CLIENT", "LIST").split(b"\n")
-              if b" id=" in b" " + line and b" cmd=NULL" not in line and b" cmd=client|list" not in line) < count:
+    while answered_clients(redis) < count:
         if time.monotonic() > deadline:
             raise AssertionError(f"Redis did not reach {count} clients within {seconds}s")
         time.sleep(0.02)

@@ -218,20 +218,27 @@ def test_the_fallback_is_taken_when_forced_or_when_the_aggregator_is_missing(mon
 
 
 def test_the_guard_knows_the_aggregator_whether_annotated_or_only_assigned() -> None:
-    """Twisted 26.10 annotates ``_aggregator`` on the class and 26.4 only assigns it in ``__init__``: both count, neither does not."""
+    """Twisted 26.10 annotates and assigns ``_aggregator``, 26.4 only assigns it in ``__init__``: both count; an annotation alone does not."""
 
-    class Annotated:
+    class AnnotatedAndAssigned:  # Twisted 26.10
         _aggregator: object
 
-    class Assigned:
         def __init__(self) -> None:
             self._aggregator = object()
+
+    class Assigned:  # Twisted 26.4
+        def __init__(self) -> None:
+            self._aggregator = object()
+
+    class AnnotatedOnly:  # no instance would have one
+        _aggregator: object
 
     class Neither:
         def __init__(self) -> None:
             self.other = object()
 
-    assert _twisted._sets_aggregator(Annotated)
+    assert _twisted._sets_aggregator(AnnotatedAndAssigned)
     assert _twisted._sets_aggregator(Assigned)
+    assert not _twisted._sets_aggregator(AnnotatedOnly)
     assert not _twisted._sets_aggregator(Neither)
     assert not _twisted._sets_aggregator(type("Bare", (), {}))
